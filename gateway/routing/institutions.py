@@ -40,7 +40,7 @@ KEYS = REQUIRED + OPTIONAL_TEXT + ("active",)
 
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _PHONE = re.compile(r"\+?[0-9][0-9 ()\-]{5,24}")
-_ENTRY_HEADER = re.compile(r"^\s*\[\[\s*institution\s*\]\]", re.MULTILINE)
+_ENTRY_HEADER = re.compile(r"^[ \t]*\[\[[ \t]*institution[ \t]*\]\]", re.MULTILINE)
 _MAX_SHOWN = 40
 
 

@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` runs the gateway's main job on the
+# shipped examples; `make test` installs everything and runs the test suite.
+# Both create .venv themselves when it is missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
+	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
+	  echo "installing python3-venv (Debian)"; apt-get update -qq && apt-get install -y -qq python3-venv; fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	@echo "== the example messages (all must be valid) =="
+	$(VENV)/bin/nazorg-gateway validate examples/valid
+	@echo
+	@echo "== broken examples (each must be rejected, with the reason) =="
+	@rc=0; $(VENV)/bin/nazorg-gateway validate examples/invalid || rc=$$?; \
+	  if [ $$rc -ne 1 ]; then echo "expected exit 1 (invalid), got $$rc"; exit 1; fi
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/validate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

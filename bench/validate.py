@@ -1,0 +1,105 @@
+"""Benchmark: validation (hardened parse + XSD + domain rules) against bare lxml.
+
+Both sides get the same bytes (every valid example, in memory) and the same
+compiled schemas; the baseline is what a user would otherwise write:
+``etree.fromstring(data)`` then ``schema.validate(tree)``. Rounds alternate
+between the two so that machine noise hits both alike; the figure that counts
+is the ratio of the medians. Goal: ratio >= 0.5.
+
+    .venv/bin/python bench/validate.py [--rounds N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lxml import etree
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gateway.messages.catalogue import BY_ROOT_TAG  # noqa: E402
+from gateway.messages.validate import Validator  # noqa: E402
+from gateway.routing.parties import Parties  # noqa: E402
+
+GOAL = 0.5
+
+
+def rate(fn, corpus: list[bytes], seconds: float) -> float:
+    """Messages per second of fn over the corpus, for about `seconds`."""
+    done, start = 0, time.perf_counter()
+    while True:
+        for data in corpus:
+            fn(data)
+        done += len(corpus)
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return done / elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=0.5, help="per side per round")
+    args = ap.parse_args()
+
+    files = sorted((ROOT / "examples" / "valid").rglob("*.xml"))
+    corpus = [f.read_bytes() for f in files]
+    validator = Validator(Parties.load())
+    # the same compiled schemas for the baseline
+    schemas = {tag: validator.schema(v) for tag, v in BY_ROOT_TAG.items()}
+    for data in corpus:
+        assert validator.validate_bytes(data).valid, "every benchmark input must be valid"
+
+    def ours(data: bytes) -> None:
+        validator.validate_bytes(data)
+
+    def bare(data: bytes) -> None:
+        tree = etree.fromstring(data)
+        schemas[tree.tag].validate(tree)
+
+    ours_rates, bare_rates = [], []
+    for _ in range(args.rounds):
+        bare_rates.append(rate(bare, corpus, args.seconds))
+        ours_rates.append(rate(ours, corpus, args.seconds))
+    o, b = statistics.median(ours_rates), statistics.median(bare_rates)
+    ratio = o / b
+    sizes = [len(d) for d in corpus]
+
+    import lxml
+    result = {
+        "benchmark": "validate",
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"host": socket.gethostname(), "cores": os.cpu_count(), "python": platform.python_version(),
+                    "lxml": lxml.__version__, "libxml2": ".".join(map(str, etree.LIBXML_VERSION))},
+        "corpus": {"messages": len(corpus), "bytes_min": min(sizes), "bytes_median": int(statistics.median(sizes)),
+                   "bytes_max": max(sizes)},
+        "figures": [{"name": "validate (hardened parse + XSD + rules)", "unit": "msg/s", "value": round(o),
+                     "baseline_name": "bare lxml fromstring + XMLSchema.validate", "baseline": round(b),
+                     "ratio": round(ratio, 3), "goal": GOAL,
+                     "per_message_us": round(1e6 / o, 1), "baseline_per_message_us": round(1e6 / b, 1)}],
+    }
+    print(f"machine: {result['machine']['cores']} cores, Python {result['machine']['python']}, "
+          f"lxml {result['machine']['lxml']} (libxml2 {result['machine']['libxml2']})")
+    print(f"corpus: {len(corpus)} messages, {min(sizes)}-{max(sizes)} bytes (median {int(statistics.median(sizes))})")
+    print(f"{'':44}{'msg/s':>10}{'µs/msg':>10}")
+    print(f"{'bare lxml parse + XSD (baseline)':44}{b:10.0f}{1e6 / b:10.1f}")
+    print(f"{'gateway validate (hardened + XSD + rules)':44}{o:10.0f}{1e6 / o:10.1f}")
+    print(f"ratio {ratio:.2f} (goal >= {GOAL}) {'MET' if ratio >= GOAL else 'NOT MET'}")
+    out = ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-{socket.gethostname()}-validate.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written: {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

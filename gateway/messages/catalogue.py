@@ -1,0 +1,54 @@
+"""The message catalogue: which message types exist, in which versions, and
+where their schemas are.
+
+A message is identified by its root element: the local name is the message
+type, the namespace carries the version (``urn:nl:nazorg:xsd:<type>:<version>``).
+Adding a version means adding an XSD file and a line here; older versions stay
+readable as long as they are listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+NAMESPACE_PREFIX = "urn:nl:nazorg:xsd:"
+
+
+class MessageType(StrEnum):
+    MELDINGSBERICHT = "meldingsbericht"  #: PI → gemeente van herkomst, 2 working days after intake
+    GEMEENTEBLAD = "gemeenteblad"  #: gemeente → PI of the dossier, within 5 days of the melding
+    BASISDOCUMENT = "basisdocument"  #: PI → gemeente van herkomst, 10 working days after the melding
+    OVERDRACHTSDOCUMENT = "overdrachtsdocument"  #: PI → gemeente van vestiging, 8 weeks before release (long-stay)
+    ONTSLAGBERICHT = "ontslagbericht"  #: PI → gemeente van vestiging, on the day of release
+    SPOEDONTSLAGBERICHT = "spoedontslagbericht"  #: PI → gemeente, at once on an unexpected immediate release
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaVersion:
+    type: MessageType
+    version: str
+    xsd_file: str
+
+    @property
+    def namespace(self) -> str:
+        return f"{NAMESPACE_PREFIX}{self.type.value}:{self.version}"
+
+    @property
+    def root_tag(self) -> str:
+        return f"{{{self.namespace}}}{self.type.value}"
+
+
+XSD_DIR = Path(__file__).resolve().parents[2] / "xsd"
+
+VERSIONS: tuple[SchemaVersion, ...] = tuple(
+    SchemaVersion(t, "1.0", f"{t.value}-1.0.xsd") for t in MessageType
+)
+
+#: root tag ("{namespace}localname") → schema version: the one lookup at intake
+BY_ROOT_TAG: dict[str, SchemaVersion] = {v.root_tag: v for v in VERSIONS}
+
+
+def known_namespaces() -> list[str]:
+    return sorted(v.namespace for v in VERSIONS)

@@ -1,0 +1,84 @@
+"""Who may receive a message: derived from its content, never given beside it.
+
+The covenant and the platform protocol ("Beveiliging") entitle a municipality
+only to dossiers of detainees who come from it (screening: meldingsbericht,
+basisdocument) or who will settle in it after release (transfer and release:
+overdrachtsdocument, ontslagbericht); the gemeenteblad goes back to the PI the
+dossier belongs to. ``RECIPIENT_FIELDS`` is that rule as one table; routing
+uses ``recipient_of`` and nothing else to decide where a message may go.
+
+A spoedontslagbericht (unexpected immediate release) goes to the municipality
+of settlement when the PI knows it, otherwise to the municipality of origin —
+the person stays registered there (section III, 4-5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from lxml import etree
+
+from .catalogue import MessageType
+
+
+class PartyKind(StrEnum):
+    MUNICIPALITY = "gemeente"
+    INSTITUTION = "pi"
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    kind: PartyKind
+    code: str  #: 4-digit municipality code or PI code
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.code}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientRule:
+    kind: PartyKind
+    #: element paths below the root, in order of preference; the first present one names the recipient
+    fields: tuple[tuple[str, ...], ...]
+
+    def describe(self) -> str:
+        return " or else ".join("/".join(f) for f in self.fields)
+
+
+_HERKOMST = ("gemeenteVanHerkomst",)
+_VESTIGING = ("gemeenteVanVestiging",)
+_PI = ("penitentiaireInrichting", "code")
+
+RECIPIENT_FIELDS: dict[MessageType, RecipientRule] = {
+    MessageType.MELDINGSBERICHT: RecipientRule(PartyKind.MUNICIPALITY, (_HERKOMST,)),
+    MessageType.BASISDOCUMENT: RecipientRule(PartyKind.MUNICIPALITY, (_HERKOMST,)),
+    MessageType.OVERDRACHTSDOCUMENT: RecipientRule(PartyKind.MUNICIPALITY, (_VESTIGING,)),
+    MessageType.ONTSLAGBERICHT: RecipientRule(PartyKind.MUNICIPALITY, (_VESTIGING,)),
+    MessageType.SPOEDONTSLAGBERICHT: RecipientRule(PartyKind.MUNICIPALITY, (_VESTIGING, _HERKOMST)),
+    MessageType.GEMEENTEBLAD: RecipientRule(PartyKind.INSTITUTION, (_PI,)),
+}
+
+#: who sends each type: PIs send everything but the gemeenteblad
+SENDER_KIND: dict[MessageType, PartyKind] = {
+    t: (PartyKind.MUNICIPALITY if t is MessageType.GEMEENTEBLAD else PartyKind.INSTITUTION)
+    for t in MessageType
+}
+
+
+def recipient_field(message_type: MessageType, root: etree._Element) -> tuple[etree._Element, tuple[str, ...]] | None:
+    """The element that names the recipient, and its path; None if none is present."""
+    ns = etree.QName(root).namespace
+    for path in RECIPIENT_FIELDS[message_type].fields:
+        el = root.find("/".join(f"{{{ns}}}{step}" for step in path))
+        if el is not None and el.text:
+            return el, path
+    return None
+
+
+def recipient_of(message_type: MessageType, root: etree._Element) -> Party | None:
+    """The one party entitled to receive this message, as its content names it."""
+    found = recipient_field(message_type, root)
+    if found is None:
+        return None
+    return Party(RECIPIENT_FIELDS[message_type].kind, found[0].text.strip())

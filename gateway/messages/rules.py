@@ -1,0 +1,280 @@
+"""Domain rules, checked in Python after the XSD has accepted the structure.
+
+XSD 1.0 says what a message looks like; these rules say whether it makes
+sense: the BSN passes the 11-proef, the municipality and PI codes exist on the
+day we route, the dates tell a possible story, the header agrees with the
+content, and the overdrachtsdocument is only sent for long-stay detainees.
+(XSD 1.1 assertions could say some of this, but cost 50-70x more, cannot be
+loaded by lxml and give worse messages: research-notes.md.)
+
+The rules trust the tree to be schema-valid: they may assume required
+elements exist and values have their lexical form. Each returns Problems; none
+raises on bad content. Registry lookups go through ``PartyChecks`` so that
+this room does not import routing.
+"""
+
+from __future__ import annotations
+
+from calendar import monthrange
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta
+from typing import Protocol
+
+from lxml import etree
+
+from .catalogue import MessageType, SchemaVersion
+from .entitlement import SENDER_KIND, PartyKind, recipient_field, RECIPIENT_FIELDS
+from .problems import Problem
+
+#: a message may be stamped slightly ahead of our clock (skew between hosts)
+CLOCK_SKEW = timedelta(minutes=5)
+#: long-stay: a sentence remainder of four months or more after the verdict
+LONG_STAY_MONTHS = 4
+
+
+class PartyChecks(Protocol):
+    """The registries, as far as the rules need them (implemented in gateway.routing)."""
+
+    def municipality_problem(self, code: str, on: date) -> str | None: ...
+
+    def institution_problem(self, code: str) -> str | None: ...
+
+
+def bsn_is_valid(bsn: str) -> bool:
+    """The 11-proef: 9·d1 + 8·d2 + … + 2·d8 − 1·d9 is a multiple of 11, and not 0."""
+    if len(bsn) != 9 or not bsn.isascii() or not bsn.isdigit():
+        return False
+    total = sum((9 - i) * int(d) for i, d in enumerate(bsn[:8])) - int(bsn[8])
+    return total != 0 and total % 11 == 0
+
+
+def iban_is_valid(iban: str) -> bool:
+    """ISO 13616 check digits: the rearranged number mod 97 equals 1."""
+    if not (15 <= len(iban) <= 34) or not iban.isascii() or not iban.isalnum():
+        return False
+    digits = "".join(str(int(c, 36)) for c in iban[4:] + iban[:4])
+    return int(digits) % 97 == 1
+
+
+def add_months(d: date, months: int) -> date:
+    y, m = divmod(d.month - 1 + months, 12)
+    year, month = d.year + y, m + 1
+    return date(year, month, min(d.day, monthrange(year, month)[1]))
+
+
+def element_path(el: etree._Element) -> str:
+    """Slash path of local names from the root, with [n] where siblings share a name."""
+    steps = []
+    while el is not None:
+        name = etree.QName(el).localname
+        parent = el.getparent()
+        if parent is not None:
+            same = [s for s in parent if s.tag == el.tag]
+            if len(same) > 1:
+                name += f"[{same.index(el) + 1}]"
+        steps.append(name)
+        el = parent
+    return "/".join(reversed(steps))
+
+
+def _problem(code: str, message: str, el: etree._Element | None, value: str | None = None) -> Problem:
+    if el is None:
+        return Problem(code, message)
+    return Problem(code, message, el.sourceline, element_path(el), value)
+
+
+def _date(el: etree._Element) -> date:
+    return date.fromisoformat(el.text.strip())
+
+
+class _Doc:
+    """Namespace-aware lookups on one schema-valid message."""
+
+    __slots__ = ("root", "ns")
+
+    def __init__(self, root: etree._Element):
+        self.root = root
+        self.ns = "{" + etree.QName(root).namespace + "}"
+
+    def find(self, *steps: str, under: etree._Element | None = None) -> etree._Element | None:
+        return (self.root if under is None else under).find("/".join(self.ns + s for s in steps))
+
+    def text(self, *steps: str) -> str | None:
+        el = self.find(*steps)
+        return el.text.strip() if el is not None and el.text else None
+
+    def iter(self, *names: str) -> Iterator[etree._Element]:
+        return self.root.iter(*(self.ns + n for n in names))
+
+    def local(self, el: etree._Element) -> str:
+        return el.tag[len(self.ns):]
+
+
+# Elements whose type is Gemeentecode, PiCode, or a date that must lie in the past
+_MUNICIPALITY_FIELDS = ("gemeenteVanHerkomst", "gemeenteVanVestiging", "gemeentecode", "gemeente", "overgedragenAanGemeente")
+_PAST_DATES = ("datum", "aanvangDetentie", "geboortedatum", "geboortedatumKind", "datumVonnis", "afgerondOp")
+#: (parent, child) where the value "anders" must be explained in a sibling <toelichting>
+_NEEDS_EXPLANATION = {
+    ("situatieVoorDetentie", "soort"), ("verwachteSituatieNaDetentie", "soort"), ("verzorger", "soort"),
+    ("uitkering", "soort"), ("laatsteUitkering", "soort"), ("redenNietGerealiseerd", "reden"),
+    ("redenGeenOnderdak", "reden"), ("nee", "reden"), ("spoedontslagbericht", "reden"), ("ja", "prioriteit"),
+}
+
+
+def check_rules(schema: SchemaVersion, root: etree._Element, parties: PartyChecks,
+                today: date, now: datetime) -> list[Problem]:
+    """All domain rules for one schema-valid message; an empty list means it passes."""
+    doc = _Doc(root)
+    problems: list[Problem] = []
+    created = datetime.fromisoformat(doc.text("berichtkop", "aanmaaktijdstip"))
+    problems += _header_rules(schema.type, doc, created, now)
+    problems += _identifier_rules(doc, parties, today)
+    problems += _date_rules(schema.type, doc, created.date())
+    problems += _content_rules(doc)
+    return problems
+
+
+def _header_rules(mtype: MessageType, doc: _Doc, created: datetime, now: datetime) -> list[Problem]:
+    out: list[Problem] = []
+    kop = doc.find("berichtkop")
+    declared = doc.find("berichttype", under=kop)
+    if declared.text != mtype.value:
+        out.append(_problem("header-type", f"the header says berichttype '{declared.text}' but the message is a {mtype.value}",
+                            declared, declared.text))
+    own_id = doc.text("berichtkop", "berichtId")
+    for name in ("antwoordOp", "vervangt"):
+        ref = doc.find(name, under=kop)
+        if ref is not None and ref.text == own_id:
+            out.append(_problem("self-reference", f"{name} names this message's own berichtId; it must name an earlier message", ref, ref.text))
+    if mtype is MessageType.GEMEENTEBLAD and doc.find("antwoordOp", under=kop) is None:
+        out.append(_problem("reply-missing", "a gemeenteblad answers a meldingsbericht: berichtkop/antwoordOp must give that message's berichtId", kop))
+    if created > now + CLOCK_SKEW:
+        el = doc.find("aanmaaktijdstip", under=kop)
+        out.append(_problem("created-in-future", "aanmaaktijdstip lies in the future; check the sending system's clock", el, el.text))
+
+    # The sender must be the party the content speaks for.
+    sender = doc.find("afzender", under=kop)[0]
+    sender_kind = PartyKind.INSTITUTION if doc.local(sender) == "piCode" else PartyKind.MUNICIPALITY
+    if sender_kind is not SENDER_KIND[mtype]:
+        wanted = "a PI (piCode)" if SENDER_KIND[mtype] is PartyKind.INSTITUTION else "a municipality (gemeentecode)"
+        out.append(_problem("sender", f"a {mtype.value} is sent by {wanted}", sender, sender.text))
+    elif sender_kind is PartyKind.INSTITUTION:
+        pi = doc.text("penitentiaireInrichting", "code")
+        if sender.text != pi:
+            out.append(_problem("sender", f"afzender {sender.text} is not the PI named in the message ({pi})", sender, sender.text))
+    else:
+        origin = doc.text("gemeenteVanHerkomst")
+        if sender.text != origin:
+            out.append(_problem("sender", f"a gemeenteblad comes from the municipality of origin ({origin}), not from {sender.text}", sender, sender.text))
+
+    # A header may name the recipient, but only the one the content names.
+    named = doc.find("ontvanger", under=kop)
+    if named is not None:
+        named = named[0]
+        rule = RECIPIENT_FIELDS[mtype]
+        found = recipient_field(mtype, doc.root)
+        derived = found[0].text.strip() if found else None
+        named_kind = PartyKind.INSTITUTION if doc.local(named) == "piCode" else PartyKind.MUNICIPALITY
+        if named_kind is not rule.kind or named.text != derived:
+            out.append(_problem("recipient", f"ontvanger {named.text} disagrees with the content: a {mtype.value} goes to "
+                                f"{rule.describe()} ({derived})", named, named.text))
+    return out
+
+
+def _identifier_rules(doc: _Doc, parties: PartyChecks, today: date) -> list[Problem]:
+    out: list[Problem] = []
+    for el in doc.iter("burgerservicenummer"):
+        if not bsn_is_valid(el.text):
+            out.append(_problem("bsn-check", "the burgerservicenummer fails the 11-proef (typing error?)", el, el.text))
+    for el in doc.iter("iban"):
+        if not iban_is_valid(el.text):
+            out.append(_problem("iban-check", "the IBAN's check digits are wrong (typing error?)", el, el.text))
+    for el in doc.iter(*_MUNICIPALITY_FIELDS):
+        reason = parties.municipality_problem(el.text, today)
+        if reason:
+            out.append(_problem("municipality", reason, el, el.text))
+    pis = list(doc.iter("piCode"))
+    pi = doc.find("penitentiaireInrichting", "code")
+    if pi is not None:
+        pis.append(pi)
+    for el in pis:
+        reason = parties.institution_problem(el.text)
+        if reason:
+            out.append(_problem("institution", reason, el, el.text))
+    return out
+
+
+def _date_rules(mtype: MessageType, doc: _Doc, created: date) -> list[Problem]:
+    out: list[Problem] = []
+    for el in doc.iter(*_PAST_DATES):
+        if _date(el) > created:
+            out.append(_problem("date-order", f"{doc.local(el)} {el.text} lies after the message was created ({created})", el, el.text))
+
+    start_el = doc.find("detentie", "aanvangDetentie")
+    if start_el is None:
+        start_el = doc.find("aanvangDetentie")
+    start = _date(start_el) if start_el is not None else None
+    birth = doc.find("persoon", "geboortedatum")
+    if start and _date(birth) >= start:
+        out.append(_problem("date-order", f"geboortedatum {birth.text} is not before the start of detention ({start})", birth, birth.text))
+
+    detentie = doc.find("detentie")
+    if detentie is not None:
+        status = doc.find("status", under=detentie).text
+        end_el = doc.find("einddatumDetentie", under=detentie)
+        verdict_el = doc.find("datumVonnis", under=detentie)
+        if status == "preventiefGehecht" and end_el is not None:
+            out.append(_problem("end-date-pretrial", "pre-trial detention (preventiefGehecht) has no known end date: leave einddatumDetentie out",
+                                end_el, end_el.text))
+        if status == "veroordeeld" and end_el is None:
+            out.append(_problem("end-date-missing", "a sentence (veroordeeld) has an end date: einddatumDetentie is required",
+                                doc.find("status", under=detentie)))
+        if end_el is not None and _date(end_el) < start:
+            out.append(_problem("date-order", f"einddatumDetentie {end_el.text} lies before the start of detention ({start})", end_el, end_el.text))
+        if end_el is not None and verdict_el is not None and _date(verdict_el) > _date(end_el):
+            out.append(_problem("date-order", f"datumVonnis {verdict_el.text} lies after the end of detention ({end_el.text})", verdict_el, verdict_el.text))
+        if mtype is MessageType.OVERDRACHTSDOCUMENT:
+            out += _long_stay_rules(doc, detentie, status, end_el, verdict_el)
+
+    if mtype is MessageType.ONTSLAGBERICHT:
+        release = doc.find("ontslagdatum")
+        if _date(release) < start:
+            out.append(_problem("date-order", f"ontslagdatum {release.text} lies before the start of detention ({start})", release, release.text))
+    if mtype is MessageType.SPOEDONTSLAGBERICHT:
+        moment = doc.find("tijdstipInvrijheidstelling")
+        if datetime.fromisoformat(moment.text).date() < start:
+            out.append(_problem("date-order", f"tijdstipInvrijheidstelling lies before the start of detention ({start})", moment, moment.text))
+    return out
+
+
+def _long_stay_rules(doc: _Doc, detentie, status: str, end_el, verdict_el) -> list[Problem]:
+    if status != "veroordeeld":
+        return [_problem("transfer-status", "an overdrachtsdocument is only for convicted long-stay detainees; status is "
+                         f"'{status}'", doc.find("status", under=detentie), status)]
+    if end_el is None:
+        return []  # reported as end-date-missing
+    if verdict_el is None:
+        return [_problem("long-stay", "an overdrachtsdocument needs datumVonnis to show a sentence remainder of "
+                         f"{LONG_STAY_MONTHS} months or more", detentie)]
+    threshold = add_months(_date(verdict_el), LONG_STAY_MONTHS)
+    if _date(end_el) < threshold:
+        return [_problem("long-stay", f"the sentence remainder after the verdict ({verdict_el.text} to {end_el.text}) is under "
+                         f"{LONG_STAY_MONTHS} months: not a long-stay detainee, so no overdrachtsdocument", end_el, end_el.text)]
+    return []
+
+
+def _content_rules(doc: _Doc) -> list[Problem]:
+    out: list[Problem] = []
+    for el in doc.iter("soort", "reden", "prioriteit", "verblijfplaats"):
+        parent = el.getparent()
+        pair = (doc.local(parent), doc.local(el))
+        if el.text == "anders" and pair in _NEEDS_EXPLANATION and doc.find("toelichting", under=parent) is None:
+            out.append(_problem("explanation-missing", f"'{pair[0]}/{pair[1]}' is 'anders': say what in <toelichting>", el, el.text))
+        elif el.text in ("daklozeMetBriefadres", "opAnderAdres") and doc.find("adres", under=parent) is None:
+            out.append(_problem("address-missing", f"'{el.text}' needs the address in <adres>", el, el.text))
+    count = doc.find("voorblad", "dagelijkseZorgMinderjarigeKinderen", "ja", "aantalKinderen")
+    if count is not None:
+        dates = len(count.getparent().findall(doc.ns + "geboortedatumKind"))
+        if int(count.text) != dates:
+            out.append(_problem("child-count", f"aantalKinderen is {count.text} but {dates} geboortedatumKind are given", count, count.text))
+    return out

@@ -1,0 +1,212 @@
+"""Validation of one message: read (hardened) → parse → XSD → domain rules.
+
+The verdict is either a ``Message`` (the facts later rooms need: type,
+version, id, sender, recipient, dossier) or a list of ``Problem``s. It never
+raises on bad input: whatever a file holds, the caller gets a verdict.
+
+Schemas are our own, trusted files, compiled once per version on first use.
+An ``XMLSchema`` object is not safe to share between threads; use one
+``Validator`` per thread (or per worker process).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from lxml import etree
+
+from .catalogue import BY_ROOT_TAG, XSD_DIR, MessageType, SchemaVersion, known_namespaces
+from .entitlement import Party, PartyKind, recipient_of
+from .problems import Problem
+from .rules import PartyChecks, check_rules, element_path
+from .safe_parse import MAX_MESSAGE_BYTES, InputRejected, load_trusted_schema, parse_message_bytes, read_message_file
+
+AMSTERDAM = ZoneInfo("Europe/Amsterdam")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message that passed every check, with the facts the gateway routes on."""
+
+    type: MessageType
+    version: str
+    message_id: str
+    created: datetime
+    sender: Party
+    recipient: Party
+    dossier: str
+    replies_to: str | None
+    supersedes: str | None
+    root: etree._Element = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    source: str
+    message: Message | None
+    problems: tuple[Problem, ...] = ()
+    #: what the file claims to be, when that could be read (also for invalid messages)
+    declared_type: str | None = None
+    declared_id: str | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.message is not None and not self.problems
+
+    def as_dict(self) -> dict:
+        m = self.message
+        return {
+            "file": self.source,
+            "valid": self.valid,
+            "type": m.type.value if m else self.declared_type,
+            "version": m.version if m else None,
+            "message_id": m.message_id if m else self.declared_id,
+            "sender": str(m.sender) if m else None,
+            "recipient": str(m.recipient) if m else None,
+            "problems": [p.as_dict() for p in self.problems],
+        }
+
+
+class Validator:
+    def __init__(self, parties: PartyChecks, *, xsd_dir: Path = XSD_DIR, max_bytes: int = MAX_MESSAGE_BYTES,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self._parties = parties
+        self._xsd_dir = Path(xsd_dir)
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._schemas: dict[str, etree.XMLSchema] = {}
+
+    def validate_file(self, path: str | os.PathLike) -> Verdict:
+        source = os.fspath(path)
+        try:
+            data = read_message_file(path, max_bytes=self._max_bytes)
+        except InputRejected as e:
+            return Verdict(source, None, (Problem(e.code, e.message, e.line),))
+        return self.validate_bytes(data, source)
+
+    def validate_bytes(self, data: bytes, source: str = "<bytes>") -> Verdict:
+        try:
+            tree = parse_message_bytes(data, max_bytes=self._max_bytes)
+        except InputRejected as e:
+            return Verdict(source, None, (Problem(e.code, e.message, e.line),))
+        root = tree.getroot()
+        declared_type, declared_id = _declared(root)
+        version = BY_ROOT_TAG.get(root.tag)
+        if version is None:
+            return Verdict(source, None, (_unknown_type(root),), declared_type, declared_id)
+
+        schema = self.schema(version)
+        if not schema.validate(tree):
+            problems = tuple(_schema_problem(e, tree) for e in schema.error_log)
+            return Verdict(source, None, problems, declared_type, declared_id)
+
+        now = self._clock()
+        problems = check_rules(version, root, self._parties, now.astimezone(AMSTERDAM).date(), now)
+        if problems:
+            return Verdict(source, None, tuple(problems), declared_type, declared_id)
+        return Verdict(source, _message(version, root), (), declared_type, declared_id)
+
+    def schema(self, version: SchemaVersion) -> etree.XMLSchema:
+        schema = self._schemas.get(version.namespace)
+        if schema is None:
+            schema = self._schemas[version.namespace] = load_trusted_schema(self._xsd_dir / version.xsd_file)
+        return schema
+
+
+def _message(version: SchemaVersion, root: etree._Element) -> Message:
+    ns = "{" + version.namespace + "}"
+    kop = root.find(ns + "berichtkop")
+
+    def text(name: str) -> str | None:
+        el = kop.find(ns + name)
+        return el.text.strip() if el is not None else None
+
+    sender_el = kop.find(ns + "afzender")[0]
+    sender_kind = PartyKind.INSTITUTION if sender_el.tag == ns + "piCode" else PartyKind.MUNICIPALITY
+    return Message(
+        type=version.type,
+        version=version.version,
+        message_id=text("berichtId"),
+        created=datetime.fromisoformat(text("aanmaaktijdstip")),
+        sender=Party(sender_kind, sender_el.text.strip()),
+        recipient=recipient_of(version.type, root),
+        dossier=text("dossierreferentie"),
+        replies_to=text("antwoordOp"),
+        supersedes=text("vervangt"),
+        root=root,
+    )
+
+
+def _declared(root: etree._Element) -> tuple[str | None, str | None]:
+    """Type and id as the document states them, best effort, for reports on invalid input."""
+    local = etree.QName(root).localname
+    ns = etree.QName(root).namespace
+    el = root.find(f"{{{ns}}}berichtkop/{{{ns}}}berichtId" if ns else "berichtkop/berichtId")
+    msg_id = el.text.strip()[:64] if el is not None and el.text else None
+    return local[:64], msg_id
+
+
+def _unknown_type(root: etree._Element) -> Problem:
+    q = etree.QName(root)
+    return Problem(
+        "unknown-message-type",
+        f"'{q.localname}' in namespace '{q.namespace or '(none)'}' is not a message type this gateway knows; "
+        f"known: {', '.join(known_namespaces())}",
+        root.sourceline, q.localname,
+    )
+
+
+# ---- XSD error log → operator words -------------------------------------------------------
+
+_NS = re.compile(r"\{[a-z][a-z0-9+.\-]*:[^}]*\}")  # "{urn:…}" / "{http://…}"; never a pattern's "{9}"
+_ELEMENT_PREFIX = re.compile(r"^Element '[^']*': ")
+_REWRITES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(a), b) for a, b in (
+    (r"^\[facet 'pattern'\] The value '(.*)' is not accepted by the pattern '(.*)'\.$", r"'\1' does not have the required form (\2)"),
+    (r"^\[facet 'enumeration'\] The value '(.*)' is not an element of the set \{(.*)\}\.$", r"'\1' is not one of the allowed values: \2"),
+    (r"^'(.*)' is not a valid value of the (?:local |)atomic type '(?:xs:)?(.*)'\.$", r"'\1' is not a valid \2"),
+    (r"^Missing child element\(s\)\. Expected is (?:one of )?\( (.*) \)\.$", r"a required element is missing here; expected next: \1"),
+    (r"^This element is not expected\. Expected is (?:one of )?\( (.*) \)\.$", r"this element is not allowed here; expected: \1"),
+    (r"^This element is not expected\.$", r"this element is not allowed here (nothing more may follow)"),
+    (r"^Character content other than whitespace is not allowed because the content type is 'element-only'\.$",
+     r"text is not allowed directly inside this element"),
+    (r"^The value '(.*)' does not match the fixed value constraint '(.*)'\.$", r"'\1' must be '\2'"),
+))
+#: the forms of our own simple types, said in words
+_PATTERN_WORDS = {
+    "[0-9]{9}": "a burgerservicenummer is exactly 9 digits",
+    "[0-9]{4}": "a municipality code is 4 digits, e.g. 0363",
+    "PI-[A-Z0-9]{2,12}": "a PI code looks like PI-VUGHT",
+    "[0-9]{4}-[0-9]{2}-[0-9]{2}": "a date is written YYYY-MM-DD, without a time zone",
+    "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}": "a message id is a UUID in lower case",
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+\-][0-9]{2}:[0-9]{2})":
+        "a moment is written YYYY-MM-DDThh:mm:ss with a time zone, e.g. 2026-03-02T09:30:00+01:00",
+}
+
+
+def _schema_problem(entry, tree: etree._ElementTree) -> Problem:
+    el = None
+    try:
+        found = tree.xpath(entry.path) if entry.path else []
+        el = found[0] if len(found) == 1 and isinstance(found[0], etree._Element) else None
+    except etree.XPathError:
+        pass
+    text = _ELEMENT_PREFIX.sub("", _NS.sub("", entry.message.strip()))
+    value = None
+    for pattern, replacement in _REWRITES:
+        m = pattern.match(text)
+        if m:
+            if pattern.pattern.startswith(("^\\[facet", "^'(.*)'", "^The value")):
+                value = m.group(1)
+            text = m.expand(replacement)
+            break
+    for form, words in _PATTERN_WORDS.items():
+        if f"({form})" in text:
+            text = text.replace(f"({form})", f"({words})")
+    path = element_path(el) if el is not None else ""
+    return Problem("schema", text, entry.line or None, path, value)
