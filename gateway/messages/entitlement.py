@@ -68,9 +68,13 @@ SENDER_KIND: dict[MessageType, PartyKind] = {
 
 def recipient_field(message_type: MessageType, root: etree._Element) -> tuple[etree._Element, tuple[str, ...]] | None:
     """The element that names the recipient, and its path; None if none is present."""
-    ns = etree.QName(root).namespace
+    ns = root.tag[: root.tag.index("}") + 1]
     for path in RECIPIENT_FIELDS[message_type].fields:
-        el = root.find("/".join(f"{{{ns}}}{step}" for step in path))
+        el = root
+        for step in path:  # direct children only: cheaper than ElementPath, and no wildcard surprises
+            el = next((c for c in el if c.tag == ns + step), None)
+            if el is None:
+                break
         if el is not None and el.text:
             return el, path
     return None

@@ -121,13 +121,13 @@ class Validator:
 
 def _message(version: SchemaVersion, root: etree._Element) -> Message:
     ns = "{" + version.namespace + "}"
-    kop = root.find(ns + "berichtkop")
+    kop = {child.tag[len(ns):]: child for child in root[0]}  # berichtkop is the first child (XSD)
 
     def text(name: str) -> str | None:
-        el = kop.find(ns + name)
+        el = kop.get(name)
         return el.text.strip() if el is not None else None
 
-    sender_el = kop.find(ns + "afzender")[0]
+    sender_el = kop["afzender"][0]
     sender_kind = PartyKind.INSTITUTION if sender_el.tag == ns + "piCode" else PartyKind.MUNICIPALITY
     return Message(
         type=version.type,
@@ -146,9 +146,10 @@ def _message(version: SchemaVersion, root: etree._Element) -> Message:
 def _declared(root: etree._Element) -> tuple[str | None, str | None]:
     """Type and id as the document states them, best effort, for reports on invalid input."""
     local = etree.QName(root).localname
-    ns = etree.QName(root).namespace
-    el = root.find(f"{{{ns}}}berichtkop/{{{ns}}}berichtId" if ns else "berichtkop/berichtId")
-    msg_id = el.text.strip()[:64] if el is not None and el.text else None
+    msg_id = None
+    kop = root[0] if len(root) and isinstance(root[0].tag, str) and root[0].tag.endswith("berichtkop") else None
+    if kop is not None and len(kop) and isinstance(kop[0].tag, str) and kop[0].tag.endswith("berichtId") and kop[0].text:
+        msg_id = kop[0].text.strip()[:64]
     return local[:64], msg_id
 
 
