@@ -249,7 +249,7 @@ def _line_col(data: bytes, offset: int) -> tuple[int, int]:
 def _check_bytes(data: bytes, max_bytes: int) -> None:
     if len(data) > max_bytes:
         raise _too_large(len(data), max_bytes)
-    if False:  # stops at the first non-blank byte: O(1) normally
+    if _BLANK.fullmatch(data):  # stops at the first non-blank byte: O(1) normally
         if data:
             raise InputRejected("empty", "The file contains only whitespace.")
         raise InputRejected("empty", "The file is empty (0 bytes).")
@@ -259,7 +259,7 @@ def _check_bytes(data: bytes, max_bytes: int) -> None:
         raise InputRejected(
             "encoding", f"The file starts with {what}; messages must be UTF-8.", 1, 1
         )
-    if not data.isascii():  # ASCII is UTF-8; isascii() is far cheaper than decoding
+    if False:  # ASCII is UTF-8; isascii() is far cheaper than decoding
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -65,10 +65,23 @@ import json, sys, time
 mode, target = sys.argv[1], sys.argv[2]
 from lxml import etree
 from gateway.messages import safe_parse
+opened = []  # every Python-level open() after the imports (os.open raises "open")
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
 out = {"code": None, "module": safe_parse.__file__}
 t0 = time.perf_counter()
 try:
     if mode == "reader":
+        tree = safe_parse.parse_message_bytes(safe_parse.read_message_file(target))
+        out["xml"] = etree.tostring(tree, encoding="unicode")
+    elif mode == "reader-stale-lstat":  # the path is swapped right after the lstat
+        import os, stat
+        real_lstat, calls = os.lstat, []
+        def stale_lstat(path, *args, **kwargs):
+            calls.append(path)
+            if len(calls) == 1:  # what the pre-check saw: a plain 10-byte file
+                return os.stat_result((stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, 10, 0, 0, 0))
+            return real_lstat(path, *args, **kwargs)
+        os.lstat = stale_lstat
         tree = safe_parse.parse_message_bytes(safe_parse.read_message_file(target))
         out["xml"] = etree.tostring(tree, encoding="unicode")
     elif mode == "schema":
@@ -89,6 +102,7 @@ except safe_parse.InputRejected as exc:
 except etree.XMLSchemaParseError as exc:
     out.update(code="schema-error", message=str(exc))
 out["seconds"] = time.perf_counter() - t0
+out["opened"] = opened[:]
 # VmHWM, not ru_maxrss: the latter keeps the forked parent's RSS across exec.
 with open("/proc/self/status") as status:
     out["maxrss_kb"] = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
@@ -219,6 +233,7 @@ class Env:
     secret: str
     secret_path: Path
     http: HttpSpy
+    secret_atime_ns: int = 0
 
     def write(self, name: str, data: bytes) -> Path:
         path = self.dir / name
@@ -236,9 +251,13 @@ def env(tmp_path, http_spy) -> Env:
     secret = f"SECRET-{uuid.uuid4().hex}"
     secret_path = tmp_path / "secret.txt"
     secret_path.write_text(f"<leak>{secret}</leak>\n")
+    # atime far older than mtime: with relatime any read of the secret, also
+    # one by libxml2 in C where no Python audit hook sees it, moves the atime.
+    atime_ns = 1_000_000_000
+    os.utime(secret_path, ns=(atime_ns, secret_path.stat().st_mtime_ns))
     work = tmp_path / "work"
     work.mkdir()
-    return Env(work, secret, secret_path, http_spy)
+    return Env(work, secret, secret_path, http_spy, atime_ns)
 
 
 _MEASUREMENTS: list[tuple[str, str, float, float, int]] = []
@@ -261,8 +280,12 @@ def _timing_table(request):
             )
 
 
-def check_common_oracles(result: ChildResult, env: Env, connections_before: int) -> None:
+def check_common_oracles(
+    result: ChildResult, env: Env, connections_before: int, target: str | os.PathLike
+) -> None:
     out = result.out
+    assert set(out["opened"]) <= {os.fspath(target)}, f"opened other files: {out['opened']}"
+    assert env.secret_path.stat().st_atime_ns == env.secret_atime_ns, "the secret file was read"
     assert result.stderr == "", f"child wrote to stderr:\n{result.stderr[-3000:]}"
     assert Path(out["module"]).resolve().is_relative_to(REPO_ROOT), out["module"]
     assert env.secret not in result.stdout, "secret file content leaked into the output"
@@ -662,9 +685,35 @@ def test_hostile_case(case: Case, env: Env, record_property) -> None:
         message = out["message"]
         assert message and "\n" not in message and "Traceback" not in message, message
         assert len(message) < 400, message
-    check_common_oracles(result, env, before)
+    check_common_oracles(result, env, before, target)
+    if case.expect == "not-a-regular-file":  # settled by lstat: not even opened
+        assert out["opened"] == [], out["opened"]
     if case.check is not None:
         case.check(out, env)
+
+
+SWAPPED_PATHS = {
+    "fifo": lambda env: env.fifo(),
+    "directory": lambda env: env.dir,
+    "symlink-to-secret": symlink_to(lambda env: env.secret_path),
+    "unix-socket": unix_socket,
+    "dev-zero": lambda env: "/dev/zero",
+}
+
+
+@pytest.mark.parametrize("build", SWAPPED_PATHS.values(), ids=SWAPPED_PATHS.keys())
+def test_path_swapped_after_lstat_is_still_refused(build, env: Env) -> None:
+    """The lstat pre-check can race; O_NOFOLLOW, O_NONBLOCK and fstat still hold.
+
+    The child's lstat is made to report a regular file, as if the path had
+    been replaced between the pre-check and the open. A blocking open of the
+    FIFO would hang: the timeout is the oracle there.
+    """
+    target = build(env)
+    before = env.http.connections()
+    result = run_child("reader-stale-lstat", target, cwd=env.dir)
+    assert result.out["code"] == "not-a-regular-file", result.out
+    check_common_oracles(result, env, before, target)
 
 
 def test_case_ids_are_unique() -> None:
@@ -689,6 +738,9 @@ def test_control_secret_oracle_catches_a_careless_parser(env: Env) -> None:
     careless = json.dumps({"load_dtd": True, "resolve_entities": True, "no_network": True})
     result = run_child("unsafe-lxml", path, careless, cwd=env.dir)
     assert env.secret in result.stdout
+    # libxml2 read it in C: invisible to the audit hook, visible in the atime
+    assert str(env.secret_path) not in result.out["opened"]
+    assert env.secret_path.stat().st_atime_ns != env.secret_atime_ns
 
 
 def test_control_http_spy_counts_requests(env: Env) -> None:
