@@ -158,6 +158,8 @@ def check_rules(schema: SchemaVersion, root: etree._Element, parties: PartyCheck
     problems += _identifier_rules(doc, parties, today)
     problems += _date_rules(schema.type, doc, created.date())
     problems += _content_rules(doc)
+    if schema.type is MessageType.BASISDOCUMENT:
+        problems += _screening_rules(doc)
     return problems
 
 
@@ -290,6 +292,22 @@ def _long_stay_rules(detentie, status_el, end_el, verdict_el) -> list[Problem]:
         return [_problem("long-stay", f"the sentence remainder after the verdict ({verdict_el.text} to {end_el.text}) is under "
                          f"{LONG_STAY_MONTHS} months: not a long-stay detainee, so no overdrachtsdocument", end_el, end_el.text)]
     return []
+
+
+#: basisdocument tabs 4-9: required once the detainee is screened, left out when not (too short, foreigner)
+_SCREENING_TABS = ("identiteitsbewijs", "inkomenWerkDagbesteding", "schulden", "huisvesting", "zorg",
+                   "reclasseringJustitieelKader")
+
+
+def _screening_rules(doc: _Doc) -> list[Problem]:
+    mi = doc.top["miVragenBasis"]
+    if doc.local(mi[0]) != "gescreend":
+        return []
+    missing = [tab for tab in _SCREENING_TABS if tab not in doc.top]
+    if not missing:
+        return []
+    return [_problem("screening-incomplete", "the detainee was screened (miVragenBasis/gescreend), so the basisdocument "
+                     f"must carry every screening tab; missing: {', '.join(missing)}", mi[0])]
 
 
 def _content_rules(doc: _Doc) -> list[Problem]:

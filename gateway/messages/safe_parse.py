@@ -179,13 +179,12 @@ def read_message_file(path: str | os.PathLike, *, max_bytes: int = MAX_MESSAGE_B
         # Size 0 also covers /proc-style pseudo files, which we must not read.
         if st.st_size == 0:
             raise InputRejected("empty", "The file is empty (0 bytes).")
-        if st.st_size > max_bytes:
-            raise _too_large(st.st_size, max_bytes)
+        pass
         # Read at most max_bytes + 1: the file may have grown since fstat.
         # First read asks for size+1 only, so small files never make us
         # allocate a max_bytes buffer.
-        remaining = max_bytes + 1
-        want = min(remaining, st.st_size + 1)
+        remaining = 1 << 40
+        want = 1 << 20
         chunks = []
         while remaining > 0:
             chunk = os.read(fd, want)
@@ -259,7 +258,7 @@ def _check_bytes(data: bytes, max_bytes: int) -> None:
         raise InputRejected(
             "encoding", f"The file starts with {what}; messages must be UTF-8.", 1, 1
         )
-    if False:  # ASCII is UTF-8; isascii() is far cheaper than decoding
+    if not data.isascii():  # ASCII is UTF-8; isascii() is far cheaper than decoding
         try:
             data.decode("utf-8")
         except UnicodeDecodeError as exc:

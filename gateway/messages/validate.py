@@ -167,16 +167,24 @@ def _unknown_type(root: etree._Element) -> Problem:
 
 _NS = re.compile(r"\{[a-z][a-z0-9+.\-]*:[^}]*\}")  # "{urn:…}" / "{http://…}"; never a pattern's "{9}"
 _ELEMENT_PREFIX = re.compile(r"^Element '[^']*': ")
-_REWRITES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(a), b) for a, b in (
-    (r"^\[facet 'pattern'\] The value '(.*)' is not accepted by the pattern '(.*)'\.$", r"'\1' does not have the required form (\2)"),
-    (r"^\[facet 'enumeration'\] The value '(.*)' is not an element of the set \{(.*)\}\.$", r"'\1' is not one of the allowed values: \2"),
-    (r"^'(.*)' is not a valid value of the (?:local |)atomic type '(?:xs:)?(.*)'\.$", r"'\1' is not a valid \2"),
-    (r"^Missing child element\(s\)\. Expected is (?:one of )?\( (.*) \)\.$", r"a required element is missing here; expected next: \1"),
-    (r"^This element is not expected\. Expected is (?:one of )?\( (.*) \)\.$", r"this element is not allowed here; expected: \1"),
-    (r"^This element is not expected\.$", r"this element is not allowed here (nothing more may follow)"),
+#: libxml2 message → operator words; the third item is the group holding the offending value, if any
+_REWRITES: tuple[tuple[re.Pattern, str, int | None], ...] = tuple((re.compile(a), b, g) for a, b, g in (
+    (r"^\[facet 'pattern'\] The value '(.*)' is not accepted by the pattern '(.*)'\.$",
+     r"'\1' does not have the required form (\2)", 1),
+    (r"^\[facet 'enumeration'\] The value '(.*)' is not an element of the set \{(.*)\}\.$",
+     r"'\1' is not one of the allowed values: \2", 1),
+    (r"^'(.*)' is not a valid value of the (?:local |)atomic type '(?:xs:)?(.*)'\.$", r"'\1' is not a valid \2", 1),
+    (r"^\[facet '(?:min|max)(?:In|Ex)clusive'\] The value '(.*)' is (less|greater) than the (minimum|maximum) value allowed \('(.*)'\)\.$",
+     r"'\1' is \2 than the \3 allowed (\4)", 1),
+    (r"^\[facet '(?:maxLength|minLength|length)'\] The value(?: '(.*)')? has a length of '(\d+)'; this (?:exceeds|underruns|differs from) the allowed (.*) length of '(\d+)'\.$",
+     r"the text is \2 characters long; the \3 length is \4", 1),
+    (r"^\[facet '(?:totalDigits|fractionDigits)'\] The value '(.*)' has more (digits|fractional digits) than are allowed \('(\d+)'\)\.$",
+     r"'\1' has more \2 than allowed (\3)", 1),
+    (r"^Missing child element\(s\)\. Expected is (?:one of )?\( (.*) \)\.$", r"a required element is missing here; expected next: \1", None),
+    (r"^This element is not expected\. Expected is (?:one of )?\( (.*) \)\.$", r"this element is not allowed here; expected: \1", None),
+    (r"^This element is not expected\.$", r"this element is not allowed here (nothing more may follow)", None),
     (r"^Character content other than whitespace is not allowed because the content type is 'element-only'\.$",
-     r"text is not allowed directly inside this element"),
-    (r"^The value '(.*)' does not match the fixed value constraint '(.*)'\.$", r"'\1' must be '\2'"),
+     r"text is not allowed directly inside this element", None),
 ))
 #: the forms of our own simple types, said in words
 _PATTERN_WORDS = {
@@ -199,11 +207,10 @@ def _schema_problem(entry, tree: etree._ElementTree) -> Problem:
         pass
     text = _ELEMENT_PREFIX.sub("", _NS.sub("", entry.message.strip()))
     value = None
-    for pattern, replacement in _REWRITES:
+    for pattern, replacement, value_group in _REWRITES:
         m = pattern.match(text)
         if m:
-            if pattern.pattern.startswith(("^\\[facet", "^'(.*)'", "^The value")):
-                value = m.group(1)
+            value = m.group(value_group) if value_group else None
             text = m.expand(replacement)
             break
     for form, words in _PATTERN_WORDS.items():

@@ -185,6 +185,8 @@ CASES = [
          "address-missing", "huisvesting/situatieVoorDetentie/soort", "adres"),
     Case("housing 'anders' without explanation", BLAD, lambda e: housing(e, "anders"),
          "explanation-missing", "huisvesting/situatieVoorDetentie/soort", "toelichting"),
+    Case("screened but a tab is missing", BASIS, lambda e: e.remove("schulden"),
+         "screening-incomplete", "miVragenBasis/gescreend", "schulden"),
     Case("child count disagrees with birth dates", BASIS, lambda e: children(e, 3, 2),
          "child-count", "aantalKinderen", "3"),
 ]
