@@ -36,6 +36,6 @@ class Problem:
         if self.path:
             parts.append(self.path)
         text = "  ".join(parts) + f": {self.message}"
-        if self.value is not None and f"'{self.value}'" not in self.message:
+        if self.value is not None and self.value not in self.message:
             text += f" (value '{self.value}')"
         return f"{text} [{self.code}]"

@@ -102,7 +102,7 @@ class InputRejected(Exception):
 # followed. O_NONBLOCK: opening a FIFO without a writer returns at once instead
 # of blocking. O_NOCTTY: a terminal device never becomes our controlling tty.
 _OPEN_FLAGS: Final = (
-    os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
+    os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 )
 _READ_CHUNK: Final = 1 << 16
 
@@ -158,8 +158,6 @@ def read_message_file(path: str | os.PathLike, *, max_bytes: int = MAX_MESSAGE_B
         st = os.lstat(path)
     except OSError as exc:
         raise _unreadable(exc) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise _not_regular(st.st_mode)
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
@@ -179,12 +177,13 @@ def read_message_file(path: str | os.PathLike, *, max_bytes: int = MAX_MESSAGE_B
         # Size 0 also covers /proc-style pseudo files, which we must not read.
         if st.st_size == 0:
             raise InputRejected("empty", "The file is empty (0 bytes).")
-        pass
+        if st.st_size > max_bytes:
+            raise _too_large(st.st_size, max_bytes)
         # Read at most max_bytes + 1: the file may have grown since fstat.
         # First read asks for size+1 only, so small files never make us
         # allocate a max_bytes buffer.
-        remaining = 1 << 40
-        want = 1 << 20
+        remaining = max_bytes + 1
+        want = min(remaining, st.st_size + 1)
         chunks = []
         while remaining > 0:
             chunk = os.read(fd, want)
