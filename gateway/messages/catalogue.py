@@ -9,7 +9,7 @@ readable as long as they are listed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -30,14 +30,14 @@ class SchemaVersion:
     type: MessageType
     version: str
     xsd_file: str
+    # derived once: both are read for every message
+    namespace: str = field(init=False)
+    root_tag: str = field(init=False)
 
-    @property
-    def namespace(self) -> str:
-        return f"{NAMESPACE_PREFIX}{self.type.value}:{self.version}"
-
-    @property
-    def root_tag(self) -> str:
-        return f"{{{self.namespace}}}{self.type.value}"
+    def __post_init__(self) -> None:
+        namespace = f"{NAMESPACE_PREFIX}{self.type.value}:{self.version}"
+        object.__setattr__(self, "namespace", namespace)
+        object.__setattr__(self, "root_tag", f"{{{namespace}}}{self.type.value}")
 
 
 XSD_DIR = Path(__file__).resolve().parents[2] / "xsd"

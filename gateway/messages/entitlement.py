@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from lxml import etree
 
@@ -27,8 +28,9 @@ class PartyKind(StrEnum):
     INSTITUTION = "pi"
 
 
-@dataclass(frozen=True, slots=True)
-class Party:
+class Party(NamedTuple):
+    """A party of the exchange. A NamedTuple: two are made for every message, and it is cheap."""
+
     kind: PartyKind
     code: str  #: 4-digit municipality code or PI code
 

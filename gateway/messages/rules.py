@@ -22,7 +22,7 @@ from typing import Protocol
 from lxml import etree
 
 from .catalogue import MessageType, SchemaVersion
-from .entitlement import SENDER_KIND, PartyKind, recipient_field, RECIPIENT_FIELDS
+from .entitlement import RECIPIENT_FIELDS, SENDER_KIND, PartyKind
 from .problems import Problem
 
 #: a message may be stamped slightly ahead of our clock (skew between hosts)
@@ -39,20 +39,25 @@ class PartyChecks(Protocol):
     def institution_problem(self, code: str) -> str | None: ...
 
 
+_BSN_WEIGHTS = (9, 8, 7, 6, 5, 4, 3, 2, -1)
+
+
 def bsn_is_valid(bsn: str) -> bool:
     """The 11-proef: 9·d1 + 8·d2 + … + 2·d8 − 1·d9 is a multiple of 11, and not 0."""
     if len(bsn) != 9 or not bsn.isascii() or not bsn.isdigit():
         return False
-    total = sum((9 - i) * int(d) for i, d in enumerate(bsn[:8])) - int(bsn[8])
+    total = sum(w * (ord(c) - 48) for w, c in zip(_BSN_WEIGHTS, bsn))
     return total != 0 and total % 11 == 0
 
 
+_IBAN_LETTERS = {ord(c): str(10 + i) for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ")}
+
+
 def iban_is_valid(iban: str) -> bool:
-    """ISO 13616 check digits: the rearranged number mod 97 equals 1."""
-    if not (15 <= len(iban) <= 34) or not iban.isascii() or not iban.isalnum():
+    """ISO 13616 check digits: the rearranged number (A=10 … Z=35) mod 97 equals 1."""
+    if not (15 <= len(iban) <= 34) or not iban.isascii() or not iban.isalnum() or not iban.isupper():
         return False
-    digits = "".join(str(int(c, 36)) for c in iban[4:] + iban[:4])
-    return int(digits) % 97 == 1
+    return int((iban[4:] + iban[:4]).translate(_IBAN_LETTERS)) % 97 == 1
 
 
 def add_months(d: date, months: int) -> date:
@@ -86,47 +91,70 @@ def _date(el: etree._Element) -> date:
     return date.fromisoformat(el.text.strip())
 
 
-# Elements found by the one scan over the whole tree, by local name
-_MUNICIPALITY_FIELDS = ("gemeenteVanHerkomst", "gemeenteVanVestiging", "gemeentecode", "gemeente", "overgedragenAanGemeente")
-_PAST_DATES = ("datum", "aanvangDetentie", "geboortedatum", "geboortedatumKind", "datumVonnis", "afgerondOp")
-_CODED = ("soort", "reden", "prioriteit", "verblijfplaats")
-_SCANNED = ("burgerservicenummer", "iban", "piCode", *_MUNICIPALITY_FIELDS, *_PAST_DATES, *_CODED)
+# What the one scan over the whole tree picks up, by local name, and which check each gets.
+# Fields with a fixed place are read there instead (cheaper than finding them):
+# the header's parties (berichtkop/afzender|ontvanger, the only users of piCode and
+# gemeentecode), persoon/burgerservicenummer and penitentiaireInrichting/code;
+# tests/messages/test_rule_locations.py holds the XSDs to those places.
+_IBAN, _MUNICIPALITY, _PAST_DATE, _CODED = range(4)
+_SCANNED: dict[str, int] = {
+    "iban": _IBAN,
+    **dict.fromkeys(("gemeenteVanHerkomst", "gemeenteVanVestiging", "gemeente", "overgedragenAanGemeente"), _MUNICIPALITY),
+    **dict.fromkeys(("datum", "aanvangDetentie", "geboortedatum", "geboortedatumKind", "datumVonnis", "afgerondOp"), _PAST_DATE),
+    **dict.fromkeys(("soort", "reden", "prioriteit", "verblijfplaats"), _CODED),
+}
+#: coded values that need a closer look (everything else passes the scan untouched)
+_ADDRESS_VALUES = frozenset({"daklozeMetBriefadres", "opAnderAdres"})
 #: (parent, child) where the value "anders" must be explained in a sibling <toelichting>
 _NEEDS_EXPLANATION = {
     ("situatieVoorDetentie", "soort"), ("verwachteSituatieNaDetentie", "soort"), ("verzorger", "soort"),
     ("uitkering", "soort"), ("laatsteUitkering", "soort"), ("redenNietGerealiseerd", "reden"),
     ("redenGeenOnderdak", "reden"), ("nee", "reden"), ("spoedontslagbericht", "reden"), ("ja", "prioriteit"),
 }
+#: basisdocument tabs 4-9: required once the detainee is screened, left out when not (too short, foreigner)
+_SCREENING_TABS = ("identiteitsbewijs", "inkomenWerkDagbesteding", "schulden", "huisvesting", "zorg",
+                   "reclasseringJustitieelKader")
 
 
-class _Doc:
-    """One schema-valid message, indexed once for the rules.
+class MessageIndex:
+    """One schema-valid message, indexed once for the rules and for reading its header.
 
     The rules run on every message and must stay cheap next to the XSD check
-    (~80 µs for a 10 KB message). ElementPath ``find`` is interpreted Python
+    (~50 µs for a 10 KB message). ElementPath ``find`` is interpreted Python
     and ``iterchildren(tag)`` costs µs per call, so: the root's and the
     header's children go into dicts, and one C-level ``iter`` over the tags
-    the rules care about collects the rest.
+    the rules care about collects the rest, in document order.
     """
 
-    __slots__ = ("root", "ns", "_n", "top", "kop", "scan")
+    __slots__ = ("root", "ns", "_n", "top", "kop", "scan", "created")
+
+    def recipient_field(self, mtype: MessageType) -> tuple[etree._Element, tuple[str, ...]] | None:
+        """The element that names the recipient under the entitlement table, and its path."""
+        for path in RECIPIENT_FIELDS[mtype].fields:
+            el = self.top.get(path[0])
+            for step in path[1:]:
+                el = self.child(el, step)
+            if el is not None and el.text:
+                return el, path
+        return None
+    _scan_kinds: dict[str, dict[str, int]] = {}  # namespace → {full tag: kind of check} of the scanned tags
 
     def __init__(self, root: etree._Element):
         self.root = root
         self.ns = root.tag[: root.tag.index("}") + 1]
         self._n = len(self.ns)
         self.top = self.children(root)
-        self.kop = self.children(self.top["berichtkop"])
-        self.scan: dict[str, list[etree._Element]] = {}
-        for el in root.iter(*(self.ns + name for name in _SCANNED)):
-            self.scan.setdefault(el.tag[self._n:], []).append(el)
+        self.kop = self.children(root[0])  # berichtkop is always first (XSD)
+        kinds = self._scan_kinds.get(self.ns)
+        if kinds is None:
+            kinds = self._scan_kinds[self.ns] = {self.ns + name: kind for name, kind in _SCANNED.items()}
+        self.scan = [(kinds[el.tag], el) for el in root.iter(*kinds)]
+        self.created = datetime.fromisoformat(self.kop["aanmaaktijdstip"].text.strip())
 
     def children(self, el: etree._Element) -> dict[str, etree._Element]:
-        """Direct children by local name (the first of each name)."""
-        out: dict[str, etree._Element] = {}
-        for child in el:
-            out.setdefault(child.tag[self._n:], child)
-        return out
+        """Direct children by local name (for a repeated name, the last one: no rule reads repeated children)."""
+        n = self._n
+        return {child.tag[n:]: child for child in el}
 
     def child(self, el: etree._Element | None, name: str) -> etree._Element | None:
         if el is None:
@@ -137,33 +165,23 @@ class _Doc:
                 return c
         return None
 
-    def find(self, *steps: str) -> etree._Element | None:
-        """Path of local names below the root."""
-        el = self.top.get(steps[0])
-        for step in steps[1:]:
-            el = self.child(el, step)
-        return el
-
     def local(self, el: etree._Element) -> str:
         return el.tag[self._n:]
 
 
-def check_rules(schema: SchemaVersion, root: etree._Element, parties: PartyChecks,
+def check_rules(schema: SchemaVersion, doc: MessageIndex, parties: PartyChecks,
                 today: date, now: datetime) -> list[Problem]:
-    """All domain rules for one schema-valid message; an empty list means it passes."""
-    doc = _Doc(root)
-    problems: list[Problem] = []
-    created = datetime.fromisoformat(doc.kop["aanmaaktijdstip"].text.strip())
-    problems += _header_rules(schema.type, doc, created, now)
-    problems += _identifier_rules(doc, parties, today)
-    problems += _date_rules(schema.type, doc, created.date())
-    problems += _content_rules(doc)
-    if schema.type is MessageType.BASISDOCUMENT:
-        problems += _screening_rules(doc)
+    """All domain rules for one schema-valid message (indexed once by the caller); empty means it passes."""
+    mtype = schema.type
+    problems = _header_rules(mtype, doc, now)
+    problems += _scan_rules(doc, parties, today)
+    problems += _date_rules(mtype, doc)
+    if mtype is MessageType.BASISDOCUMENT:
+        problems += _basisdocument_rules(doc)
     return problems
 
 
-def _header_rules(mtype: MessageType, doc: _Doc, created: datetime, now: datetime) -> list[Problem]:
+def _header_rules(mtype: MessageType, doc: MessageIndex, now: datetime) -> list[Problem]:
     out: list[Problem] = []
     kop = doc.kop
     declared = kop["berichttype"]
@@ -177,8 +195,8 @@ def _header_rules(mtype: MessageType, doc: _Doc, created: datetime, now: datetim
             out.append(_problem("self-reference", f"{name} names this message's own berichtId; it must name an earlier message", ref, ref.text))
     if mtype is MessageType.GEMEENTEBLAD and "antwoordOp" not in kop:
         out.append(_problem("reply-missing", "a gemeenteblad answers a meldingsbericht: berichtkop/antwoordOp must give that message's berichtId",
-                            doc.top["berichtkop"]))
-    if created > now + CLOCK_SKEW:
+                            doc.root[0]))
+    if doc.created > now + CLOCK_SKEW:
         el = kop["aanmaaktijdstip"]
         out.append(_problem("created-in-future", "aanmaaktijdstip lies in the future; check the sending system's clock", el, el.text))
 
@@ -189,7 +207,7 @@ def _header_rules(mtype: MessageType, doc: _Doc, created: datetime, now: datetim
         wanted = "a PI (piCode)" if SENDER_KIND[mtype] is PartyKind.INSTITUTION else "a municipality (gemeentecode)"
         out.append(_problem("sender", f"a {mtype.value} is sent by {wanted}", sender, sender.text))
     elif sender_kind is PartyKind.INSTITUTION:
-        pi = doc.find("penitentiaireInrichting", "code").text
+        pi = doc.root[1][0].text  # penitentiaireInrichting/code: second child, first field (XSD)
         if sender.text != pi:
             out.append(_problem("sender", f"afzender {sender.text} is not the PI named in the message ({pi})", sender, sender.text))
     else:
@@ -202,7 +220,7 @@ def _header_rules(mtype: MessageType, doc: _Doc, created: datetime, now: datetim
     if named is not None:
         named = named[0]
         rule = RECIPIENT_FIELDS[mtype]
-        found = recipient_field(mtype, doc.root)
+        found = doc.recipient_field(mtype)
         derived = found[0].text.strip() if found else None
         named_kind = PartyKind.INSTITUTION if doc.local(named) == "piCode" else PartyKind.MUNICIPALITY
         if named_kind is not rule.kind or named.text != derived:
@@ -211,48 +229,63 @@ def _header_rules(mtype: MessageType, doc: _Doc, created: datetime, now: datetim
     return out
 
 
-def _identifier_rules(doc: _Doc, parties: PartyChecks, today: date) -> list[Problem]:
+def _scan_rules(doc: MessageIndex, parties: PartyChecks, today: date) -> list[Problem]:
+    """The per-element checks, in one pass over the scanned elements."""
     out: list[Problem] = []
-    scan = doc.scan
-    for el in scan.get("burgerservicenummer", ()):
-        if not bsn_is_valid(el.text):
-            out.append(_problem("bsn-check", "the burgerservicenummer fails the 11-proef (typing error?)", el, el.text))
-    for el in scan.get("iban", ()):
-        if not iban_is_valid(el.text):
-            out.append(_problem("iban-check", "the IBAN's check digits are wrong (typing error?)", el, el.text))
-    for name in _MUNICIPALITY_FIELDS:
-        for el in scan.get(name, ()):
-            reason = parties.municipality_problem(el.text, today)
+    latest = doc.created.date().isoformat()  # schema-valid dates are YYYY-MM-DD: compare as text
+    municipality_problem = parties.municipality_problem
+    for kind, el in doc.scan:
+        value = el.text
+        if kind == _MUNICIPALITY:
+            reason = municipality_problem(value, today)
             if reason:
-                out.append(_problem("municipality", reason, el, el.text))
-    pis = list(scan.get("piCode", ()))
-    pi = doc.find("penitentiaireInrichting", "code")
-    if pi is not None:
-        pis.append(pi)
-    for el in pis:
-        reason = parties.institution_problem(el.text)
-        if reason:
-            out.append(_problem("institution", reason, el, el.text))
+                out.append(_problem("municipality", reason, el, value))
+        elif kind == _PAST_DATE:
+            if value > latest:
+                out.append(_problem("date-order", f"{doc.local(el)} {value} lies after the message was created ({latest})", el, value))
+        elif kind == _CODED:
+            if value == "anders":
+                parent = el.getparent()
+                pair = (doc.local(parent), doc.local(el))
+                if pair in _NEEDS_EXPLANATION and doc.child(parent, "toelichting") is None:
+                    out.append(_problem("explanation-missing", f"'{pair[0]}/{pair[1]}' is 'anders': say what in <toelichting>", el, value))
+            elif value in _ADDRESS_VALUES and doc.child(el.getparent(), "adres") is None:
+                out.append(_problem("address-missing", f"'{value}' needs the address in <adres>", el, value))
+        elif not iban_is_valid(value):  # kind == _IBAN
+            out.append(_problem("iban-check", "the IBAN's check digits are wrong (typing error?)", el, value))
+
+    bsn = doc.root[2][0]  # persoon: third child (XSD); the BSN, when known, is its first field
+    if bsn.tag == doc.ns + "burgerservicenummer" and not bsn_is_valid(bsn.text):
+        out.append(_problem("bsn-check", "the burgerservicenummer fails the 11-proef (typing error?)", bsn, bsn.text))
+    parties_named = [doc.root[1][0]]  # penitentiaireInrichting/code: second child, first field (XSD)
+    for name in ("afzender", "ontvanger"):
+        party = doc.kop.get(name)
+        if party is not None:
+            parties_named.append(party[0])
+    for el in parties_named:
+        code = el.text
+        if doc.local(el) == "gemeentecode":
+            reason = municipality_problem(code, today)
+            if reason:
+                out.append(_problem("municipality", reason, el, code))
+        else:
+            reason = parties.institution_problem(code)
+            if reason:
+                out.append(_problem("institution", reason, el, code))
     return out
 
 
-def _date_rules(mtype: MessageType, doc: _Doc, created: date) -> list[Problem]:
+def _date_rules(mtype: MessageType, doc: MessageIndex) -> list[Problem]:
     out: list[Problem] = []
-    latest = created.isoformat()  # schema-valid dates are YYYY-MM-DD: compare as text
-    for name in _PAST_DATES:
-        for el in doc.scan.get(name, ()):
-            if el.text > latest:
-                out.append(_problem("date-order", f"{name} {el.text} lies after the message was created ({created})", el, el.text))
-
     detentie = doc.top.get("detentie")
-    start_el = doc.child(detentie, "aanvangDetentie") if detentie is not None else doc.top.get("aanvangDetentie")
+    parts = doc.children(detentie) if detentie is not None else doc.top
+    start_el = parts.get("aanvangDetentie")
     start = _date(start_el) if start_el is not None else None
-    birth = doc.find("persoon", "geboortedatum")
+    birth = doc.root[2][-1]  # persoon/geboortedatum: third child, last field (XSD)
     if start and _date(birth) >= start:
         out.append(_problem("date-order", f"geboortedatum {birth.text} is not before the start of detention ({start})", birth, birth.text))
 
     if detentie is not None:
-        parts = doc.children(detentie)
         status_el, end_el, verdict_el = parts["status"], parts.get("einddatumDetentie"), parts.get("datumVonnis")
         status = status_el.text
         if status == "preventiefGehecht" and end_el is not None:
@@ -271,7 +304,7 @@ def _date_rules(mtype: MessageType, doc: _Doc, created: date) -> list[Problem]:
         release = doc.top["ontslagdatum"]
         if _date(release) < start:
             out.append(_problem("date-order", f"ontslagdatum {release.text} lies before the start of detention ({start})", release, release.text))
-    if mtype is MessageType.SPOEDONTSLAGBERICHT:
+    elif mtype is MessageType.SPOEDONTSLAGBERICHT:
         moment = doc.top["tijdstipInvrijheidstelling"]
         if datetime.fromisoformat(moment.text).date() < start:
             out.append(_problem("date-order", f"tijdstipInvrijheidstelling lies before the start of detention ({start})", moment, moment.text))
@@ -294,39 +327,18 @@ def _long_stay_rules(detentie, status_el, end_el, verdict_el) -> list[Problem]:
     return []
 
 
-#: basisdocument tabs 4-9: required once the detainee is screened, left out when not (too short, foreigner)
-_SCREENING_TABS = ("identiteitsbewijs", "inkomenWerkDagbesteding", "schulden", "huisvesting", "zorg",
-                   "reclasseringJustitieelKader")
-
-
-def _screening_rules(doc: _Doc) -> list[Problem]:
-    mi = doc.top["miVragenBasis"]
-    if doc.local(mi[0]) != "gescreend":
-        return []
-    missing = [tab for tab in _SCREENING_TABS if tab not in doc.top]
-    if not missing:
-        return []
-    return [_problem("screening-incomplete", "the detainee was screened (miVragenBasis/gescreend), so the basisdocument "
-                     f"must carry every screening tab; missing: {', '.join(missing)}", mi[0])]
-
-
-def _content_rules(doc: _Doc) -> list[Problem]:
+def _basisdocument_rules(doc: MessageIndex) -> list[Problem]:
     out: list[Problem] = []
-    for name in _CODED:
-        for el in doc.scan.get(name, ()):
-            value = el.text
-            if value == "anders":
-                parent = el.getparent()
-                pair = (doc.local(parent), name)
-                if pair in _NEEDS_EXPLANATION and doc.child(parent, "toelichting") is None:
-                    out.append(_problem("explanation-missing", f"'{pair[0]}/{pair[1]}' is 'anders': say what in <toelichting>", el, value))
-            elif value in ("daklozeMetBriefadres", "opAnderAdres") and doc.child(el.getparent(), "adres") is None:
-                out.append(_problem("address-missing", f"'{value}' needs the address in <adres>", el, value))
-    care = doc.find("voorblad", "dagelijkseZorgMinderjarigeKinderen", "ja")
+    mi = doc.top["miVragenBasis"][0]
+    if doc.local(mi) == "gescreend":
+        missing = [tab for tab in _SCREENING_TABS if tab not in doc.top]
+        if missing:
+            out.append(_problem("screening-incomplete", "the detainee was screened (miVragenBasis/gescreend), so the basisdocument "
+                                f"must carry every screening tab; missing: {', '.join(missing)}", mi))
+    care = doc.child(doc.child(doc.top["voorblad"], "dagelijkseZorgMinderjarigeKinderen"), "ja")
     if care is not None:
-        parts = list(care)
-        count = parts[0]  # aantalKinderen comes first (XSD)
-        dates = len(parts) - 1
+        count = care[0]  # aantalKinderen comes first (XSD), the birth dates follow
+        dates = len(care) - 1
         if int(count.text) != dates:
             out.append(_problem("child-count", f"aantalKinderen is {count.text} but {dates} geboortedatumKind are given", count, count.text))
     return out

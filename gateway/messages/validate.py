@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 from datetime import date, datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,17 +22,17 @@ from zoneinfo import ZoneInfo
 from lxml import etree
 
 from .catalogue import BY_ROOT_TAG, XSD_DIR, MessageType, SchemaVersion, known_namespaces
-from .entitlement import Party, PartyKind, recipient_of
+from .entitlement import RECIPIENT_FIELDS, Party, PartyKind
 from .problems import Problem
-from .rules import PartyChecks, check_rules, element_path
-from .safe_parse import MAX_MESSAGE_BYTES, InputRejected, load_trusted_schema, parse_message_bytes, read_message_file
+from .rules import MessageIndex, PartyChecks, check_rules, element_path
+from .safe_parse import (MAX_MESSAGE_BYTES, InputRejected, depth_rejection, load_trusted_schema, parse_message_bytes,
+                         read_message_file)
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """A message that passed every check, with the facts the gateway routes on."""
+class Message(NamedTuple):
+    """A message that passed every check, with the facts the gateway routes on (immutable, cheap to make)."""
 
     type: MessageType
     version: str
@@ -43,11 +43,10 @@ class Message:
     dossier: str
     replies_to: str | None
     supersedes: str | None
-    root: etree._Element = field(repr=False, compare=False)
+    root: etree._Element
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     source: str
     message: Message | None
     problems: tuple[Problem, ...] = ()
@@ -92,25 +91,29 @@ class Validator:
 
     def validate_bytes(self, data: bytes, source: str = "<bytes>") -> Verdict:
         try:
-            tree = parse_message_bytes(data, max_bytes=self._max_bytes)
+            # depth is checked below only for documents the schema refuses: a valid one is shallow
+            tree = parse_message_bytes(data, max_bytes=self._max_bytes, check_depth=False)
         except InputRejected as e:
             return Verdict(source, None, (Problem(e.code, e.message, e.line),))
         root = tree.getroot()
-        declared_type, declared_id = _declared(root)
         version = BY_ROOT_TAG.get(root.tag)
-        if version is None:
-            return Verdict(source, None, (_unknown_type(root),), declared_type, declared_id)
-
-        schema = self.schema(version)
-        if not schema.validate(tree):
+        schema = self.schema(version) if version is not None else None
+        if schema is None or not schema.validate(tree):
+            too_deep = depth_rejection(tree)
+            if too_deep is not None:
+                return Verdict(source, None, (Problem(too_deep.code, too_deep.message, too_deep.line),))
+            if schema is None:
+                return Verdict(source, None, (_unknown_type(root),), *_declared(root))
             problems = tuple(_schema_problem(e, tree) for e in schema.error_log)
-            return Verdict(source, None, problems, declared_type, declared_id)
+            return Verdict(source, None, problems, *_declared(root))
 
         now = self._clock()
-        problems = check_rules(version, root, self._parties, now.astimezone(AMSTERDAM).date(), now)
+        doc = MessageIndex(root)
+        problems = check_rules(version, doc, self._parties, now.astimezone(AMSTERDAM).date(), now)
         if problems:
-            return Verdict(source, None, tuple(problems), declared_type, declared_id)
-        return Verdict(source, _message(version, root), (), declared_type, declared_id)
+            return Verdict(source, None, tuple(problems), *_declared(root))
+        message = _message(version, doc)
+        return Verdict(source, message, (), version.type.value, message.message_id)
 
     def schema(self, version: SchemaVersion) -> etree.XMLSchema:
         schema = self._schemas.get(version.namespace)
@@ -119,27 +122,26 @@ class Validator:
         return schema
 
 
-def _message(version: SchemaVersion, root: etree._Element) -> Message:
-    ns = "{" + version.namespace + "}"
-    kop = {child.tag[len(ns):]: child for child in root[0]}  # berichtkop is the first child (XSD)
+def _message(version: SchemaVersion, doc: MessageIndex) -> Message:
+    kop = doc.kop
 
     def text(name: str) -> str | None:
         el = kop.get(name)
         return el.text.strip() if el is not None else None
 
     sender_el = kop["afzender"][0]
-    sender_kind = PartyKind.INSTITUTION if sender_el.tag == ns + "piCode" else PartyKind.MUNICIPALITY
+    sender_kind = PartyKind.INSTITUTION if doc.local(sender_el) == "piCode" else PartyKind.MUNICIPALITY
     return Message(
         type=version.type,
         version=version.version,
         message_id=text("berichtId"),
-        created=datetime.fromisoformat(text("aanmaaktijdstip")),
+        created=doc.created,
         sender=Party(sender_kind, sender_el.text.strip()),
-        recipient=recipient_of(version.type, root),
+        recipient=Party(RECIPIENT_FIELDS[version.type].kind, doc.recipient_field(version.type)[0].text.strip()),
         dossier=text("dossierreferentie"),
         replies_to=text("antwoordOp"),
         supersedes=text("vervangt"),
-        root=root,
+        root=doc.root,
     )
 
 

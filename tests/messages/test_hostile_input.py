@@ -6,13 +6,17 @@ fails the test instead of taking pytest down. Oracles, checked for every case:
 
 * the child exits normally, with nothing on stderr, and reports the expected
   ``InputRejected.code`` (or acceptance) as JSON;
-* read+parse took < 1 s inside the child, and its peak RSS stayed small;
-* a per-test secret file never shows up in the child's output;
+* read+parse took < 1 s inside the child, and its peak RSS (VmHWM) stayed small;
+* the child opened nothing but the given path (Python audit hook), and did
+  not even open it when it is not a regular file;
+* a per-test secret file was never read (its atime, which also catches reads
+  done by libxml2 in C) and its content never shows up in the output;
 * the loopback HTTP spy server received no connection at all.
 
 The ``test_control_*`` tests prove these oracles are live: a careless parser
-run through the same harness leaks the secret, reaches the spy, hangs on a
-FIFO or blows the RSS bound.
+run through the same harness leaks the secret (and moves its atime), an
+actual fetch reaches the spy, a FIFO hang trips the timeout, and an uncapped
+read blows the RSS bound.
 
 Set ``-v`` to get a table of per-case time and peak memory at the end.
 """
@@ -112,10 +116,12 @@ print(json.dumps(out))
 SPY_SERVER_SCRIPT = r"""
 import http.server, sys
 log = open(sys.argv[1], "a", buffering=1)
+class Server(http.server.ThreadingHTTPServer):
+    def verify_request(self, request, client_address):
+        # Runs in the accept loop, in accept order, before any request is read.
+        log.write(f"connection {client_address[1]}\n")
+        return True
 class Spy(http.server.BaseHTTPRequestHandler):
-    def handle(self):
-        log.write("connection\n")  # counted even if no valid request follows
-        super().handle()
     def do_GET(self):
         body = b'<!ENTITY leak "FETCHED-BY-HTTP">'
         self.send_response(200)
@@ -125,7 +131,7 @@ class Spy(http.server.BaseHTTPRequestHandler):
     do_POST = do_GET
     def log_message(self, *args):
         pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Spy)
+server = Server(("127.0.0.1", 0), Spy)
 print(server.server_address[1], flush=True)
 server.serve_forever()
 """
@@ -196,6 +202,7 @@ class HttpSpy:
 
     def __init__(self, log: Path) -> None:
         self.log = log
+        self.probe_lines = 0
         log.touch()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SPY_SERVER_SCRIPT, str(log)],
@@ -209,8 +216,25 @@ class HttpSpy:
     def url(self, path: str = "/x") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def _logged_ports(self) -> list[str]:
+        return [line.split()[1] for line in self.log.read_text().splitlines()]
+
     def connections(self) -> int:
-        return self.log.read_text().count("connection")
+        """Connections so far, not counting our own sync probes.
+
+        A connection made by a child that has exited sits in the accept
+        queue already; the spy logs in accept order, so once a fresh probe of
+        ours shows up in the log, every earlier connection is there too.
+        """
+        start = len(self._logged_ports())
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as probe:
+            port = str(probe.getsockname()[1])
+        deadline = time.monotonic() + 5
+        while port not in (logged := self._logged_ports())[start:]:
+            assert time.monotonic() < deadline, "HTTP spy stopped logging"
+            time.sleep(0.001)
+        self.probe_lines += 1
+        return len(logged) - self.probe_lines
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -276,7 +300,8 @@ def _timing_table(request):
         reporter.write_sep("-", "hostile input: time in child (read+parse), wall, peak RSS")
         for case_id, verdict, seconds, wall, rss in _MEASUREMENTS:
             reporter.write_line(
-                f"{case_id:45} {verdict:20} {seconds * 1e3:9.3f} ms {wall:6.2f} s {rss / 1024:6.1f} MB"
+                f"{case_id:45} {verdict:20} {seconds * 1e3:9.3f} ms "
+                f"{wall:6.2f} s {rss / 1024:6.1f} MB"
             )
 
 
@@ -355,18 +380,18 @@ def fmt(template: str) -> Callable[[Env], bytes]:
 
 def billion_laughs() -> bytes:
     entities = ['<!ENTITY lol0 "lol">'] + [
-        f'<!ENTITY lol{i} "{("&lol%d;" % (i - 1)) * 10}">' for i in range(1, 10)
+        f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)
     ]
     return (
-        '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n' + "\n".join(entities) + "\n]>\n<lolz>&lol9;</lolz>"
+        '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n'
+        + "\n".join(entities)
+        + "\n]>\n<lolz>&lol9;</lolz>"
     ).encode()
 
 
 def quadratic_blowup() -> bytes:
     # 50 KB entity referenced 15,000 times: ~95 KB of input, 750 MB if expanded.
-    return (
-        b'<!DOCTYPE r [<!ENTITY a "' + b"x" * 50_000 + b'">]><r>' + b"&a;" * 15_000 + b"</r>"
-    )
+    return b'<!DOCTYPE r [<!ENTITY a "' + b"x" * 50_000 + b'">]><r>' + b"&a;" * 15_000 + b"</r>"
 
 
 def nested(depth: int) -> bytes:
@@ -434,6 +459,7 @@ SMALL = b"<bericht><naam>Jansen</naam></bericht>"
 SMALL_SERIALIZED = SMALL.decode()
 DECL = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 BOM = b"\xef\xbb\xbf"
+DUTCH = "<r><naam>Çelik-van Dijk, Zoë</naam><plaats>\u2019s-Hertogenbosch</plaats></r>"
 
 CASES = [
     # --- DTD and entity attacks: all refused by the DOCTYPE rule ----------------
@@ -449,8 +475,16 @@ CASES = [
         doc(fmt('<!DOCTYPE r [<!ENTITY e SYSTEM "{secret_path}">]><r a="&e;"/>')),
         "doctype",
     ),
-    Case("xxe-http-entity", doc(fmt('<!DOCTYPE r [<!ENTITY e SYSTEM "{url}">]><r>&e;</r>')), "doctype"),
-    Case("external-dtd-file", doc(fmt('<!DOCTYPE r SYSTEM "file://{secret_path}"><r>&leak;</r>')), "doctype"),
+    Case(
+        "xxe-http-entity",
+        doc(fmt('<!DOCTYPE r [<!ENTITY e SYSTEM "{url}">]><r>&e;</r>')),
+        "doctype",
+    ),
+    Case(
+        "external-dtd-file",
+        doc(fmt('<!DOCTYPE r SYSTEM "file://{secret_path}"><r>&leak;</r>')),
+        "doctype",
+    ),
     Case("external-dtd-relative-path", doc(b'<!DOCTYPE r SYSTEM "../secret.txt"><r/>'), "doctype"),
     Case("external-dtd-http", doc(fmt('<!DOCTYPE r SYSTEM "{url}"><r>&leak;</r>')), "doctype"),
     Case(
@@ -465,8 +499,16 @@ CASES = [
         doc(b'<!DOCTYPE r [<!ENTITY % p SYSTEM "/dev/zero"> %p;]><r/>'),
         "doctype",
     ),
-    Case("parameter-entity-fifo", doc(fmt('<!DOCTYPE r [<!ENTITY % p SYSTEM "{fifo}"> %p;]><r/>')), "doctype"),
-    Case("parameter-entity-http", doc(fmt('<!DOCTYPE r [<!ENTITY % p SYSTEM "{url}"> %p;]><r/>')), "doctype"),
+    Case(
+        "parameter-entity-fifo",
+        doc(fmt('<!DOCTYPE r [<!ENTITY % p SYSTEM "{fifo}"> %p;]><r/>')),
+        "doctype",
+    ),
+    Case(
+        "parameter-entity-http",
+        doc(fmt('<!DOCTYPE r [<!ENTITY % p SYSTEM "{url}"> %p;]><r/>')),
+        "doctype",
+    ),
     Case("doctype-without-entities", doc(b"<!DOCTYPE r><r/>"), "doctype", has_position),
     Case(
         "doctype-after-bom-and-declaration",
@@ -496,7 +538,12 @@ CASES = [
     Case("one-byte-over-limit", doc(exactly(MAX_MESSAGE_BYTES + 1)), "too-large"),
     Case("many-tiny-elements-at-limit", doc(many_small_elements(MAX_MESSAGE_BYTES)), None),
     # --- encodings -------------------------------------------------------------
-    Case("utf16-le-with-bom", doc(("<r>é</r>").encode("utf-16")), "encoding", message_contains("UTF-16")),
+    Case(
+        "utf16-le-with-bom",
+        doc(("<r>é</r>").encode("utf-16")),
+        "encoding",
+        message_contains("UTF-16"),
+    ),
     Case("utf16-be-with-bom", doc(b"\xfe\xff" + "<r>é</r>".encode("utf-16-be")), "encoding"),
     Case("utf32-with-bom", doc("<r/>".encode("utf-32")), "encoding", message_contains("UTF-32")),
     Case(
@@ -578,7 +625,12 @@ CASES = [
     ),
     Case(
         "xinclude-secret-as-xml",
-        doc(fmt('<r xmlns:xi="http://www.w3.org/2001/XInclude"><xi:include href="../../secret.txt"/></r>')),
+        doc(
+            fmt(
+                '<r xmlns:xi="http://www.w3.org/2001/XInclude">'
+                '<xi:include href="../../secret.txt"/></r>'
+            )
+        ),
         None,
         no_inclusion,
     ),
@@ -606,32 +658,59 @@ CASES = [
     ),
     Case(
         "comments-and-pis-stripped",
-        doc(b"<?pi before?><!-- c1 --><r><!-- c2 --><a>1<?pi inside?>2</a></r><!-- c3 --><?pi after?>"),
+        doc(
+            b"<?pi before?><!-- c1 --><r><!-- c2 --><a>1<?pi inside?>2</a></r>"
+            b"<!-- c3 --><?pi after?>"
+        ),
         None,
         xml_is("<r><a>12</a></r>"),
     ),
     # --- the path itself -------------------------------------------------------
     Case("fifo-as-path", lambda env: env.fifo(), "not-a-regular-file", message_contains("FIFO")),
-    Case("directory-as-path", lambda env: env.dir, "not-a-regular-file", message_contains("directory")),
+    Case(
+        "directory-as-path",
+        lambda env: env.dir,
+        "not-a-regular-file",
+        message_contains("directory"),
+    ),
     Case(
         "symlink-to-secret",
         symlink_to(lambda env: env.secret_path),
         "not-a-regular-file",
         message_contains("symbolic link"),
     ),
-    Case("symlink-to-valid-message", symlink_to(lambda env: env.write("ok.xml", SMALL)), "not-a-regular-file"),
+    Case(
+        "symlink-to-valid-message",
+        symlink_to(lambda env: env.write("ok.xml", SMALL)),
+        "not-a-regular-file",
+    ),
     Case("dangling-symlink", symlink_to(lambda env: env.dir / "missing"), "not-a-regular-file"),
     Case("unix-socket-as-path", unix_socket, "not-a-regular-file", message_contains("socket")),
-    Case("dev-zero-as-path", lambda env: "/dev/zero", "not-a-regular-file", message_contains("device")),
+    Case(
+        "dev-zero-as-path",
+        lambda env: "/dev/zero",
+        "not-a-regular-file",
+        message_contains("device"),
+    ),
     Case("dev-null-as-path", lambda env: "/dev/null", "not-a-regular-file"),
-    Case("nonexistent-path", lambda env: env.dir / "nope.xml", "unreadable", message_contains("No such file")),
+    Case(
+        "nonexistent-path",
+        lambda env: env.dir / "nope.xml",
+        "unreadable",
+        message_contains("No such file"),
+    ),
     Case(
         "path-through-a-file",
         lambda env: env.write("plain.xml", SMALL) / "child.xml",
         "unreadable",
         message_contains("Not a directory"),
     ),
-    Case("name-too-long", lambda env: env.dir / ("x" * 300), "unreadable", message_contains("too long")),
+    Case(
+        "name-too-long",
+        lambda env: env.dir / ("x" * 300),
+        "unreadable",
+        message_contains("too long"),
+    ),
     Case(
         "permission-denied",
         unreadable_file,
@@ -652,9 +731,9 @@ CASES = [
     Case("with-utf8-bom-and-declaration", doc(BOM + DECL + SMALL), None, xml_is(SMALL_SERIALIZED)),
     Case(
         "non-ascii-utf8",
-        doc("<r><naam>Çelik-van Dijk, Zoë</naam><plaats>’s-Hertogenbosch</plaats></r>".encode()),
+        doc(DUTCH.encode()),
         None,
-        xml_is("<r><naam>Çelik-van Dijk, Zoë</naam><plaats>’s-Hertogenbosch</plaats></r>"),
+        xml_is(DUTCH),
     ),
 ]
 
@@ -834,10 +913,20 @@ def test_max_bytes_is_honoured(tmp_path: Path) -> None:
     path.write_bytes(b"<r>12</r>")
     assert read_message_file(path, max_bytes=9) == b"<r>12</r>"
     assert parse_message_bytes(b"<r>12</r>", max_bytes=9).getroot().text == "12"
-    for call in (lambda: read_message_file(path, max_bytes=8), lambda: parse_message_bytes(b"<r>12</r>", max_bytes=8)):
+    for call in (
+        lambda: read_message_file(path, max_bytes=8),
+        lambda: parse_message_bytes(b"<r>12</r>", max_bytes=8),
+    ):
         with pytest.raises(InputRejected) as info:
             call()
         assert info.value.code == "too-large"
+
+
+def test_path_with_nul_is_unreadable() -> None:
+    """A NUL in the path is an unreadable input, not a ValueError from os."""
+    with pytest.raises(InputRejected) as info:
+        read_message_file("inbox/a\x00b.xml")
+    assert info.value.code == "unreadable"
 
 
 def test_file_growing_after_fstat_is_still_capped(tmp_path: Path, monkeypatch) -> None:
@@ -871,6 +960,7 @@ def test_deny_all_resolver_turns_a_resolve_attempt_into_rejection(env: Env, monk
         return parser, resolver
 
     monkeypatch.setattr(safe_parse, "_new_parser", dtd_loading_parser)
+    monkeypatch.setattr(safe_parse._per_thread, "parser", None, raising=False)
     data = f'<!DOCTYPE r [<!ENTITY e SYSTEM "file://{env.secret_path}">]><r>&e;</r>'.encode()
     with pytest.raises(InputRejected) as info:
         safe_parse._parse_checked_bytes(data)  # past the byte-level DOCTYPE check
@@ -911,6 +1001,17 @@ def test_rejections_do_not_leak_into_later_parses() -> None:
         with pytest.raises(InputRejected):
             parse_message_bytes(data)
         assert etree.tostring(parse_message_bytes(SMALL)) == SMALL
+
+
+def test_a_parser_that_failed_is_not_reused() -> None:
+    """The per-thread parser is replaced after any failed parse, kept otherwise."""
+    parse_message_bytes(SMALL)
+    kept = safe_parse._thread_parser()
+    parse_message_bytes(SMALL)
+    assert safe_parse._thread_parser() is kept
+    with pytest.raises(InputRejected):
+        parse_message_bytes(b"<r>")
+    assert safe_parse._thread_parser() is not kept
 
 
 def test_concurrent_parses_are_independent() -> None:

@@ -99,3 +99,11 @@ def test_a_message_is_checked_against_today_for_municipalities(parties):
     after = on(datetime(2026, 12, 31, 23, 0, tzinfo=timezone.utc))  # midnight in Amsterdam
     assert [p.code for p in after.problems] == ["municipality", "municipality"]  # header ontvanger and gemeenteVanHerkomst
     assert all("9001" in p.message and "2027-01-01" in p.message for p in after.problems)
+
+
+def test_deep_nesting_is_refused_by_name(validator):
+    """A message nested 100 levels deep is refused as too deep, not as a schema puzzle."""
+    deep = b'<meldingsbericht xmlns="urn:nl:nazorg:xsd:meldingsbericht:1.0">' + b"<a>" * 100 + b"</a>" * 100 + b"</meldingsbericht>"
+    assert [p.code for p in validator.validate_bytes(deep).problems] == ["too-deep"]
+    unknown = b"<x>" + b"<a>" * 100 + b"</a>" * 100 + b"</x>"
+    assert [p.code for p in validator.validate_bytes(unknown).problems] == ["too-deep"]
