@@ -99,6 +99,7 @@ def main() -> int:
     print(f"ratio {ratio:.2f} (goal >= {GOAL}) {'MET' if ratio >= GOAL else 'NOT MET'}; "
           f"per round {round_ratios[0]:.2f}-{round_ratios[-1]:.2f} over {args.rounds} rounds")
     out = ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-{socket.gethostname()}-validate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written: {out.relative_to(ROOT)}")
     return 0

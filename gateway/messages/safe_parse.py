@@ -28,6 +28,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "REJECTION_CODES",
     "InputRejected",
+    "depth_rejection",
     "load_trusted_schema",
     "parse_message_bytes",
     "read_message_file",
