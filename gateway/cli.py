@@ -84,5 +84,28 @@ def validate(
     raise typer.Exit(EXIT_INVALID if invalid else EXIT_OK)
 
 
+keys_app = typer.Typer(no_args_is_help=True, help="Keys and certificates.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("init-dev")
+def keys_init_dev(
+    folder: Annotated[Path, typer.Argument(help="An empty or missing folder to write the development PKI into.")],
+) -> None:
+    """Write a development PKI (root and issuing CA, CRL, one identity per party, an expired and a revoked one)."""
+    from gateway.crypto.pki import PkiError, init_dev_pki
+
+    try:
+        parties = init_dev_pki(folder)
+    except PkiError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    out = Console(highlight=False)
+    out.print(f"development PKI written to {escape(str(folder))} (private keys mode 0600; for development only)")
+    out.print(f"  trust anchors: {escape(str(Path(folder) / 'trust.pem'))}   CRL: {escape(str(Path(folder) / 'ca' / 'issuing.crl.pem'))}")
+    for code, where in parties.items():
+        out.print(f"  {code:15} {escape(str(where))}")
+
+
 def main() -> None:
     app()

@@ -1,0 +1,117 @@
+"""The development PKI: certificates that an independent implementation (openssl verify) accepts
+for S/MIME, the refusals it must provoke, and keys that are private and never overwritten."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from gateway.crypto.identity import IdentityError, load_pem_identity, load_pkcs12_identity
+from gateway.crypto.pki import DEV_PARTIES, PkiError, init_dev_pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pki")
+    return folder, init_dev_pki(folder)
+
+
+def openssl_verify(folder, cert, purpose="smimesign"):
+    return subprocess.run(["openssl", "verify", "-purpose", purpose, "-CAfile", str(folder / "ca" / "root.pem"),
+                           "-untrusted", str(folder / "ca" / "issuing.pem"), "-crl_check",
+                           "-CRLfile", str(folder / "ca" / "issuing.crl.pem"), str(cert)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("party", [p.code for p in DEV_PARTIES])
+def test_every_party_certificate_verifies_for_smime_signing(pki, party):
+    """openssl accepts each party's certificate for S/MIME signing against the dev trust anchors and CRL."""
+    folder, parties = pki
+    r = openssl_verify(folder, parties[party] / "cert.pem")
+    assert r.returncode == 0 and r.stdout.strip().endswith(": OK"), r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("party", [p.code for p in DEV_PARTIES if p.key.startswith("rsa")])
+def test_rsa_party_certificates_verify_for_encryption(pki, party):
+    """RSA party certificates may also receive encrypted messages (keyEncipherment)."""
+    folder, parties = pki
+    assert openssl_verify(folder, parties[party] / "cert.pem", "smimeencrypt").returncode == 0
+
+
+@pytest.mark.parametrize(("party", "reason"), [("TEST-EXPIRED", "certificate has expired"),
+                                               ("TEST-REVOKED", "certificate revoked")])
+def test_the_test_certificates_are_refused_by_openssl(pki, party, reason):
+    """The expired and the revoked certificate exist to be refused, and openssl refuses them for that reason."""
+    folder, parties = pki
+    r = openssl_verify(folder, parties[party] / "cert.pem")
+    assert r.returncode != 0 and reason in (r.stdout + r.stderr)
+
+
+def test_private_keys_are_mode_0600(pki):
+    """Every private key the PKI writes is readable by its owner only."""
+    folder, _ = pki
+    keys = list(folder.rglob("*key.pem"))
+    assert len(keys) == len(DEV_PARTIES) + 2 + 2
+    assert all(stat.S_IMODE(os.stat(k).st_mode) == 0o600 for k in keys)
+
+
+def test_never_overwrites(pki):
+    """A folder that holds anything is refused: existing keys are never replaced."""
+    folder, _ = pki
+    before = (folder / "parties" / "PI-VUGHT" / "key.pem").read_bytes()
+    with pytest.raises(PkiError, match="not empty"):
+        init_dev_pki(folder)
+    assert (folder / "parties" / "PI-VUGHT" / "key.pem").read_bytes() == before
+
+
+def test_identity_loads_with_chain_and_hides_key_material(pki):
+    """A PEM identity loads key, certificate and intermediate; its repr names the subject only."""
+    _, parties = pki
+    ident = load_pem_identity(parties["0599"] / "key.pem", parties["0599"] / "chain.pem")
+    assert len(ident.chain) == 1 and "0599" in ident.subject
+    assert "PRIVATE" not in repr(ident) and "BEGIN" not in repr(ident)
+
+
+def test_key_readable_by_others_is_refused(pki, tmp_path):
+    """The gateway refuses a private key that group or others can read."""
+    _, parties = pki
+    exposed = tmp_path / "key.pem"
+    exposed.write_bytes((parties["0599"] / "key.pem").read_bytes())
+    os.chmod(exposed, 0o644)
+    with pytest.raises(IdentityError, match="readable by others"):
+        load_pem_identity(exposed, parties["0599"] / "cert.pem")
+
+
+def test_key_of_another_party_is_refused(pki):
+    """A key and a certificate that do not belong together are refused."""
+    _, parties = pki
+    with pytest.raises(IdentityError, match="does not belong"):
+        load_pem_identity(parties["0599"] / "key.pem", parties["0344"] / "cert.pem")
+
+
+def test_pkcs12_made_by_openssl_loads(pki, tmp_path):
+    """A PKCS#12 bundle as an operator receives it (made here by openssl) loads with its passphrase."""
+    _, parties = pki
+    p12 = tmp_path / "id.p12"
+    subprocess.run(["openssl", "pkcs12", "-export", "-inkey", str(parties["0344"] / "key.pem"),
+                    "-in", str(parties["0344"] / "chain.pem"), "-out", str(p12), "-passout", "pass:geheim"], check=True)
+    os.chmod(p12, 0o600)
+    ident = load_pkcs12_identity(p12, b"geheim")
+    assert "0344" in ident.subject and len(ident.chain) == 1
+    with pytest.raises(IdentityError, match="wrong passphrase"):
+        load_pkcs12_identity(p12, b"fout")
+
+
+def test_cli_init_dev(tmp_path):
+    """`nazorg-gateway keys init-dev DIR` writes the PKI; a second run on the same folder exits 2."""
+    target = tmp_path / "dev"
+    run = lambda: subprocess.run([sys.executable, "-m", "gateway", "keys", "init-dev", str(target)],
+                                 capture_output=True, text=True, timeout=120)
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert (target / "trust.pem").is_file() and (target / "parties" / "PLATFORM" / "key.pem").is_file()
+    second = run()
+    assert second.returncode == 2 and "not empty" in second.stderr
