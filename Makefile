@@ -39,6 +39,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/validate.py
+	$(PY) bench/crypto_seal.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

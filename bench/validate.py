@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import statistics
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,23 +24,12 @@ from lxml import etree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import machine, rate  # noqa: E402
 from gateway.messages.catalogue import BY_ROOT_TAG  # noqa: E402
 from gateway.messages.validate import Validator  # noqa: E402
 from gateway.routing.parties import Parties  # noqa: E402
 
 GOAL = 0.5
-
-
-def rate(fn, corpus: list[bytes], seconds: float) -> float:
-    """Messages per second of fn over the corpus, for about `seconds`."""
-    done, start = 0, time.perf_counter()
-    while True:
-        for data in corpus:
-            fn(data)
-        done += len(corpus)
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return done / elapsed
 
 
 def main() -> int:
@@ -69,8 +55,8 @@ def main() -> int:
 
     ours_rates, bare_rates = [], []
     for _ in range(args.rounds):
-        bare_rates.append(rate(bare, corpus, args.seconds))
-        ours_rates.append(rate(ours, corpus, args.seconds))
+        bare_rates.append(rate(lambda: [bare(d) for d in corpus], args.seconds, len(corpus)))
+        ours_rates.append(rate(lambda: [ours(d) for d in corpus], args.seconds, len(corpus)))
     o, b = statistics.median(ours_rates), statistics.median(bare_rates)
     ratio = o / b
     round_ratios = sorted(x / y for x, y in zip(ours_rates, bare_rates))  # each round's pair saw the same noise
@@ -80,8 +66,7 @@ def main() -> int:
     result = {
         "benchmark": "validate",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"host": socket.gethostname(), "cores": os.cpu_count(), "python": platform.python_version(),
-                    "lxml": lxml.__version__, "libxml2": ".".join(map(str, etree.LIBXML_VERSION))},
+        "machine": {**machine(), "lxml": lxml.__version__, "libxml2": ".".join(map(str, etree.LIBXML_VERSION))},
         "corpus": {"messages": len(corpus), "bytes_min": min(sizes), "bytes_median": int(statistics.median(sizes)),
                    "bytes_max": max(sizes)},
         "figures": [{"name": "validate (hardened parse + XSD + rules)", "unit": "msg/s", "value": round(o),

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import DOSSIER, EXAMPLES, ROOT
+from paths import DOSSIER, EXAMPLES, ROOT
 
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:

@@ -5,7 +5,8 @@ certificate, chain) per party — PIs, municipalities, the platform — plus an
 expired and a revoked certificate for negative tests. Certificates follow the
 S/MIME profile that `openssl verify -purpose smimesign|smimeencrypt` accepts:
 CA with BasicConstraints(ca) critical and keyCertSign+cRLSign; leaf with
-digitalSignature (+nonRepudiation, +keyEncipherment for RSA), EKU
+digitalSignature (+nonRepudiation; +keyEncipherment for RSA, +keyAgreement for
+EC, which the sealer uses for an EC sender's own copy, RFC 5753), EKU
 emailProtection, SAN rfc822Name, and the party code in the subject's
 serialNumber (as PKIoverheid carries the OIN).
 
@@ -103,7 +104,7 @@ def issue_smime_certificate(party: DevParty, key: PrivateKey, issuer: x509.Certi
             .not_valid_before(not_before).not_valid_after(not_before + timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=True, key_encipherment=is_rsa,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         data_encipherment=False, key_agreement=not is_rsa, key_cert_sign=False,
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
             .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(party.email)]), critical=False)

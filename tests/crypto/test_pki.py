@@ -115,3 +115,40 @@ def test_cli_init_dev(tmp_path):
     assert (target / "trust.pem").is_file() and (target / "parties" / "PLATFORM" / "key.pem").is_file()
     second = run()
     assert second.returncode == 2 and "not empty" in second.stderr
+
+
+def test_seal_and_open_commands_work_on_an_init_dev_folder(pki, tmp_path):
+    """`seal` then `open` by hand, with nothing but the files `keys init-dev` wrote: the XML comes back,
+    the signer and the MIC are printed; opened by the wrong party it is refused with its reason."""
+    folder, parties = pki
+    xml = (tmp_path / "bericht.xml")
+    xml.write_bytes("<bericht>Zoë Çelik</bericht>".encode())
+    trust = ["--trust", str(folder / "trust.pem"), "--crl", str(folder / "ca" / "issuing.crl.pem")]
+    me = lambda code: ["--key", str(parties[code] / "key.pem"), "--cert", str(parties[code] / "chain.pem")]
+    gw = lambda *args: subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, timeout=120)
+
+    sealed = gw("seal", "--to", str(parties["0599"] / "cert.pem"), "--profile", "strong", *me("PI-VUGHT"), *trust, str(xml))
+    assert sealed.returncode == 0, sealed.stderr
+    assert b"smime-type=authEnveloped-data" in sealed.stdout and "Zoë".encode() not in sealed.stdout
+    (tmp_path / "sealed.p7m").write_bytes(sealed.stdout)
+
+    opened = gw("open", *me("0599"), *trust, "--from-email", "nazorg@pi-vught.example.nl",
+                "-o", str(tmp_path / "out.xml"), str(tmp_path / "sealed.p7m"))
+    assert opened.returncode == 0, opened.stderr
+    assert (tmp_path / "out.xml").read_bytes() == xml.read_bytes()
+    assert b"PI-VUGHT" in opened.stdout and b"MIC (sha-256)" in opened.stdout
+
+    refused = gw("open", *me("0344"), *trust, str(tmp_path / "sealed.p7m"))
+    assert refused.returncode == 1 and b"[not-for-us]" in refused.stderr
+
+
+def test_seal_refuses_a_revoked_recipient(pki, tmp_path):
+    """The gateway never encrypts to a revoked certificate."""
+    folder, parties = pki
+    xml = tmp_path / "b.xml"
+    xml.write_bytes(b"<b/>")
+    r = subprocess.run([sys.executable, "-m", "gateway", "seal", "--to", str(parties["TEST-REVOKED"] / "cert.pem"),
+                        "--key", str(parties["PI-VUGHT"] / "key.pem"), "--cert", str(parties["PI-VUGHT"] / "chain.pem"),
+                        "--trust", str(folder / "trust.pem"), "--crl", str(folder / "ca" / "issuing.crl.pem"), str(xml)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "[certificate-revoked]" in r.stderr and r.stdout == ""

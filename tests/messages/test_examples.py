@@ -10,7 +10,7 @@ import pytest
 import xmlschema
 from lxml import etree
 
-from conftest import EXAMPLES, ROOT
+from paths import EXAMPLES, ROOT
 
 VALID = sorted((EXAMPLES / "valid").rglob("*.xml"))
 INVALID_DIR = EXAMPLES / "invalid"

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lxml import etree
 from stdnum.nl import bsn as stdnum_bsn
 
-from conftest import DOSSIER, EXAMPLES
+from paths import DOSSIER, EXAMPLES
 from gateway.messages.catalogue import MessageType
 from gateway.messages.entitlement import PartyKind
 from gateway.messages.rules import add_months, bsn_is_valid, iban_is_valid

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 from lxml import etree
 
-from conftest import DOSSIER, EXAMPLES
+from paths import DOSSIER, EXAMPLES
 
 MELDING = DOSSIER / "01-meldingsbericht.xml"
 BLAD = DOSSIER / "02-gemeenteblad.xml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from conftest import DOSSIER, EXAMPLES
+from paths import DOSSIER, EXAMPLES
 from gateway.messages.catalogue import BY_ROOT_TAG, MessageType, XSD_DIR
 from gateway.messages.entitlement import RECIPIENT_FIELDS, Party, PartyKind
 from gateway.messages.problems import Problem
