@@ -40,6 +40,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/validate.py
 	$(PY) bench/crypto_seal.py
+	$(PY) bench/crypto_open.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
