@@ -22,10 +22,8 @@ gateway process removes those; the JSON records any MALLOC_* setting).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -43,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, utils  # noqa: E4
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
-from bench.common import machine, rate  # noqa: E402
+from bench.common import machine, print_figures, rate, write_result  # noqa: E402
 from gateway.crypto.identity import load_pem_identity  # noqa: E402
 from gateway.crypto.pki import init_dev_pki  # noqa: E402
 from gateway.crypto.profiles import COMPATIBLE, STRONG  # noqa: E402
@@ -129,19 +127,8 @@ def main() -> int:
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"cryptography {cryptography.__version__}, asn1crypto {asn1crypto.__version__}; "
           f"sender RSA-2048, recipient RSA-2048, {args.rounds} rounds")
-    print(f"{'':24}{'seal msg/s':>12}{'µs':>8}{'bare msg/s':>12}{'µs':>8}{'ratio':>8}  per round")
-    all_met = True
-    for f in figures:
-        met = f["ratio"] >= GOAL
-        all_met &= met
-        print(f"{f['name']:24}{f['value']:12}{f['per_message_us']:8.0f}{f['baseline']:12}"
-              f"{f['baseline_per_message_us']:8.0f}{f['ratio']:8.2f}  {f['ratio_per_round_min']:.2f}-"
-              f"{f['ratio_per_round_max']:.2f} {'MET' if met else 'NOT MET'}")
-    print(f"goal ratio >= {GOAL}: {'MET' if all_met else 'NOT MET'} for all")
-    out = ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-{socket.gethostname()}-crypto_seal.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out.relative_to(ROOT)}")
+    print_figures(figures, GOAL, "seal msg/s")
+    write_result(ROOT, "crypto_seal", result)
     return 0
 
 

@@ -12,8 +12,6 @@ is the ratio of the medians. Goal: ratio >= 0.5.
 from __future__ import annotations
 
 import argparse
-import json
-import socket
 import statistics
 import sys
 from datetime import datetime, timezone
@@ -24,7 +22,7 @@ from lxml import etree
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, rate  # noqa: E402
+from bench.common import machine, rate, write_result  # noqa: E402
 from gateway.messages.catalogue import BY_ROOT_TAG  # noqa: E402
 from gateway.messages.validate import Validator  # noqa: E402
 from gateway.routing.parties import Parties  # noqa: E402
@@ -83,10 +81,7 @@ def main() -> int:
     print(f"{'gateway validate (hardened + XSD + rules)':44}{o:10.0f}{1e6 / o:10.1f}")
     print(f"ratio {ratio:.2f} (goal >= {GOAL}) {'MET' if ratio >= GOAL else 'NOT MET'}; "
           f"per round {round_ratios[0]:.2f}-{round_ratios[-1]:.2f} over {args.rounds} rounds")
-    out = ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-{socket.gethostname()}-validate.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written: {out.relative_to(ROOT)}")
+    write_result(ROOT, "validate", result)
     return 0
 
 
