@@ -11,6 +11,11 @@ DESCRIPTION
 	an attribute carries. asn1crypto parses lazily, so every accessor here
 	forces what it reads and turns a parse error into MalformedMessage.
 
+	Also the one home of what asn1crypto 1.5 lacks, for sealing (`cms`) and
+	opening alike: the RFC 5084 GCMParameters and the RFC 5753 ECDH schemes,
+	registered with asn1crypto once, at first import of this module, adding
+	only missing entries (see `register_asn1crypto_extensions`).
+
 SECURITY
 	Input is hostile. Nothing here decides trust: it only names and decodes.
 	Weak algorithms (MD5, SHA-1 as a signature digest, DES, 3DES, RC2, RC4) are
@@ -26,6 +31,7 @@ DIAGNOSTICS
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from asn1crypto import algos, cms, core, parser
@@ -57,13 +63,57 @@ OID_ENVELOPED_DATA = "enveloped_data"
 OID_AUTH_ENVELOPED_DATA = "authenticated_enveloped_data"
 
 
+# -- what asn1crypto 1.5 lacks -------------------------------------------------------------------
+#
+# The one place that extends asn1crypto's global OID → parameters registries, for both sides: sealing
+# (`gateway.crypto.cms` imports this module) and opening. `register_asn1crypto_extensions()` runs
+# once, when this module is first imported, so the registries are the same whichever of `cms`,
+# `open`, `seal` (or anything else importing this module) comes first. It only adds entries that are
+# missing (dict.setdefault): an entry asn1crypto itself defines, or one another module put there
+# first, is never replaced; calling it again changes nothing. What it adds:
+#
+#   EncryptionAlgorithm: aes128_gcm, aes192_gcm, aes256_gcm → GCMParameters (RFC 5084), so that the
+#       parameters of AuthEnvelopedData's content algorithm parse as a structure;
+#   KeyEncryptionAlgorithm: dhSinglePass-stdDH-sha{256,384,512}kdf-scheme (RFC 5753; asn1crypto has
+#       no name for them, so they are keyed by dotted OID) → KeyEncryptionAlgorithm, the key-wrap
+#       algorithm their parameters name.
+#
+# Opening does not rely on which class is registered: `content_cipher` and `key_agreement` re-load
+# the parameters from their DER with our classes, so it reads the same even if some other module
+# registered its own class for these OIDs first.
+
+
 class GCMParameters(core.Sequence):
-    """RFC 5084 GCMParameters: the nonce and the tag length (12 when absent)."""
+    """RFC 5084 GCMParameters ::= SEQUENCE { aes-nonce OCTET STRING, aes-ICVlen AES-GCM-ICVlen DEFAULT 12 }:
+    the nonce and the tag length (12 when absent). The one definition: `cms` writes it, opening reads it."""
 
     _fields = [
         ("aes_nonce", core.OctetString),
         ("aes_icvlen", core.Integer, {"default": 12}),
     ]
+
+
+#: RFC 5753 / SEC 1 dhSinglePass-stdDH-sha*kdf-scheme (what the sealer writes for an EC sender's own copy)
+ECDH_SHA256_KDF = "1.3.132.1.11.1"
+ECDH_SHA384_KDF = "1.3.132.1.11.2"
+ECDH_SHA512_KDF = "1.3.132.1.11.3"
+
+#: (asn1crypto class whose `_oid_specs` is extended, OID name or dotted form, parameters class)
+ASN1CRYPTO_EXTENSIONS: tuple[tuple[type, str, type], ...] = (
+    *((algos.EncryptionAlgorithm, name, GCMParameters) for name in ("aes128_gcm", "aes192_gcm", "aes256_gcm")),
+    *((cms.KeyEncryptionAlgorithm, oid, cms.KeyEncryptionAlgorithm)
+      for oid in (ECDH_SHA256_KDF, ECDH_SHA384_KDF, ECDH_SHA512_KDF)),
+)
+
+
+def register_asn1crypto_extensions() -> None:
+    """Add `ASN1CRYPTO_EXTENSIONS` to asn1crypto's registries where the OID has no entry yet (idempotent;
+    runs at import of this module, see the comment above)."""
+    for owner, oid, spec in ASN1CRYPTO_EXTENSIONS:
+        owner._oid_specs.setdefault(oid, spec)
+
+
+register_asn1crypto_extensions()
 
 
 def forced(what: str, fn: Callable[[], T]) -> T:
@@ -72,6 +122,63 @@ def forced(what: str, fn: Callable[[], T]) -> T:
         return fn()
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as e:
         raise MalformedMessage(f"malformed {what}: {type(e).__name__}") from None
+
+
+def encoding_key(value: Any) -> tuple | None:
+    """A hashable key for a parsed value that stands for its encoding as received: (class, contents) of a
+    structure or primitive nothing has changed, (class, alternative, key of the chosen value) of a CHOICE;
+    None when there is none (a value changed in memory, VOID, over 16 KB, a CHOICE that does not parse).
+    Never raises, and takes nothing from the value that the caller would not take itself (no
+    re-encoding: asn1crypto keeps the contents it parsed)."""
+    try:
+        if isinstance(value, core.Choice):
+            inner = encoding_key(value.chosen)
+            return None if inner is None else (type(value), value.name, inner)
+        if isinstance(value, (core.Sequence, core.SequenceOf)):
+            if value._is_mutated():
+                return None
+        elif not isinstance(value, core.Primitive):
+            return None
+        contents = value.contents
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError):
+        return None
+    return (type(value), contents) if isinstance(contents, bytes) and len(contents) <= 16384 else None
+
+
+class Remembered:
+    """Answers of a pure function of parsed values, remembered by `encoding_key` of those values.
+
+    For the parts of a message that repeat from one message to the next (algorithm identifiers, the
+    certificates a signer embeds, recipient and signer identifiers): asn1crypto builds every value in
+    Python (~5-10 µs per field read), so working them out again each time is most of what opening costs
+    besides the cryptography. Only answers are kept: a function that raises is called, and raises, again
+    every time, so the order and kind of errors are those of the function itself. Bounded: when `limit`
+    answers are kept, they are all dropped. The answers are shared: they must be immutable or never
+    changed by the caller. Thread-safe as far as dict operations are (a race only computes twice)."""
+
+    def __init__(self, limit: int = 256):
+        self.limit, self._answers = limit, {}
+
+    def answer(self, value: Any, fn: Callable[..., T], *args: Any, extra: Any = None) -> T:
+        """fn(*args), remembered by the encoding of `value` (and `extra`, which must be hashable)."""
+        key = encoding_key(value)
+        if key is None:
+            return fn(*args)
+        key = (key, extra)
+        known = self._answers.get(key, _MISSING)
+        if known is not _MISSING:
+            return known
+        result = fn(*args)
+        if len(self._answers) >= self.limit:
+            self._answers.clear()
+        self._answers[key] = result
+        return result
+
+    def clear(self) -> None:
+        self._answers.clear()
+
+
+_MISSING = object()
 
 
 def load_content_info(data: bytes, what: str = "CMS structure") -> cms.ContentInfo:
@@ -117,10 +224,84 @@ def der_set_of(attrs: cms.CMSAttributes) -> list[bytes]:
     First the bytes as received with only the tag changed (what the signer hashed if it encoded DER,
     as it must), then the canonical DER re-encoding (for a signer that sent BER or an unsorted SET).
     Both describe the same attribute values, so accepting either proves the same thing."""
-    contents = forced("attributes", lambda: attrs.contents)
+    return der_set_of_contents(forced("attributes", lambda: attrs.contents))
+
+
+def der_set_of_contents(contents: bytes) -> list[bytes]:
+    """`der_set_of` of the attribute SET whose contents (as received, without tag and length) are given."""
     as_received = b"\x31" + _der_length(len(contents)) + contents
-    canonical = forced("attributes", lambda: cms.CMSAttributes.load(as_received).dump(force=True))
+    canonical = forced("attributes", lambda: _canonical_set_of(contents))
     return [as_received] if canonical == as_received else [as_received, canonical]
+
+
+def _canonical_set_of(contents: bytes) -> bytes:
+    """`cms.CMSAttributes.load(0x31 + length + contents).dump(force=True)`, the same bytes and the same
+    exceptions, computed per attribute with a cache.
+
+    asn1crypto re-encodes a SET OF by splitting its contents into elements (asn1crypto.parser), building
+    each as a CMSAttribute and re-encoding it (`dump(force=True)`), sorting those encodings and joining
+    them under a DER header; that is done here in the same order, with the re-encoding of one attribute
+    cached by its bytes: the attributes a sender repeats in every message (contentType,
+    smimeCapabilities) cost a dictionary look-up instead of ~0.25 ms of asn1crypto parsing. Errors are
+    never cached (lru_cache keeps returns only), so a malformed attribute raises on every message."""
+    _forget_if_attribute_types_changed()
+    size, pointer, elements = len(contents), 0, []
+    while pointer < size:  # like SequenceOf._parse_children: every element split off before any is built
+        _, _, _, header, body, trailer = parser.parse(contents[pointer:])
+        end = pointer + len(header) + len(body) + len(trailer)
+        elements.append(contents[pointer:end])
+        pointer = end
+    encoded = b"".join(sorted([_canonical_attribute(e) for e in elements]))
+    return b"\x31" + _der_length(len(encoded)) + encoded
+
+
+@lru_cache(maxsize=256)
+def _canonical_attribute(element: bytes) -> bytes:
+    return cms.CMSAttribute.load(element).dump(force=True)
+
+
+#: asn1crypto's attribute type registries as they were when `_canonical_attribute` last filled its cache;
+#: how an attribute re-encodes depends on them, so a module that registers an attribute type later (the
+#: registries are process-wide) empties the cache
+_attribute_types_seen: tuple[dict, dict] = ({}, {})
+
+
+def _forget_if_attribute_types_changed() -> None:
+    global _attribute_types_seen
+    specs, names = cms.CMSAttribute._oid_specs, cms.CMSAttributeType._map
+    if _attribute_types_seen[0] != specs or _attribute_types_seen[1] != names:
+        _canonical_attribute.cache_clear()
+        _attribute_types_seen = (dict(specs), dict(names))
+
+
+def der_element(data: bytes, pos: int, end: int) -> tuple[int, int, int] | None:
+    """(identifier octet, contents start, contents end) of the element at `pos`, which must end by `end`;
+    None unless it has a low tag number and a definite length (what DER has): a quick reader to find
+    where things are, never to decide what they mean (asn1crypto does that)."""
+    if pos + 2 > end or data[pos] & 0x1F == 0x1F:
+        return None
+    n = data[pos + 1]
+    if n < 0x80:
+        start, length = pos + 2, n
+    elif 0x81 <= n <= 0x84:
+        start = pos + 2 + (n & 0x7F)
+        length = int.from_bytes(data[pos + 2:start], "big")
+    else:
+        return None
+    return (data[pos], start, start + length) if start + length <= end else None
+
+
+def der_children(data: bytes, start: int, end: int) -> list[tuple[int, int, int, int]] | None:
+    """[(element start, identifier octet, contents start, contents end)] of the elements filling
+    data[start:end] (see `der_element`), or None."""
+    found, pos = [], start
+    while pos < end:
+        el = der_element(data, pos, end)
+        if el is None:
+            return None
+        found.append((pos, *el))
+        pos = el[2]
+    return found
 
 
 def _der_length(n: int) -> bytes:
@@ -150,7 +331,12 @@ def algorithm_name(alg: core.Sequence, what: str) -> str:
 
 
 def digest_for_signature(alg: algos.DigestAlgorithm) -> hashes.HashAlgorithm:
-    """The hash of a SignerInfo's digestAlgorithm: SHA-256/384/512; MD5/SHA-1 are weak."""
+    """The hash of a SignerInfo's digestAlgorithm: SHA-256/384/512; MD5/SHA-1 are weak (remembered, see
+    `Remembered`)."""
+    return _DIGESTS.answer(alg, _digest_for_signature, alg)
+
+
+def _digest_for_signature(alg: algos.DigestAlgorithm) -> hashes.HashAlgorithm:
     name = algorithm_name(alg, "digest algorithm")
     return _signature_hash(name, "signature digest algorithm")
 
@@ -178,7 +364,13 @@ def signature_scheme(alg: algos.SignedDigestAlgorithm, digest: hashes.HashAlgori
 
     rsaEncryption and id-ecPublicKey (as some signers write it) take the digest algorithm's hash; a
     signature algorithm naming its own hash must agree with the digest algorithm; RSASSA-PSS takes
-    hash, MGF1 hash and salt length from its parameters."""
+    hash, MGF1 hash and salt length from its parameters. Remembered (see `Remembered`) by the encoding
+    of `alg` and the digest's name."""
+    return _SIGNATURE_SCHEMES.answer(alg, _signature_scheme, alg, digest, extra=digest.name)
+
+
+def _signature_scheme(alg: algos.SignedDigestAlgorithm, digest: hashes.HashAlgorithm
+                      ) -> tuple[str, padding.AsymmetricPadding | None, hashes.HashAlgorithm]:
     name = algorithm_name(alg, "signature algorithm")
     if name == "rsassa_pkcs1v15":
         return "rsa", padding.PKCS1v15(), digest
@@ -213,7 +405,14 @@ def key_transport(alg: cms.KeyEncryptionAlgorithm) -> tuple[str, padding.Asymmet
     """(label, RSA padding) of a KeyTransRecipientInfo's algorithm: PKCS#1 v1.5 or OAEP as its parameters say.
 
     Labels follow `gateway.crypto.profiles.KeyTransport` (rsa-pkcs1v15, rsa-oaep-sha256 …); an OAEP
-    whose MGF1 hash differs from its hash is labelled rsa-oaep-<hash>-mgf1-<hash>."""
+    whose MGF1 hash differs from its hash is labelled rsa-oaep-<hash>-mgf1-<hash>.
+
+    Answers are remembered by the identifier's encoding (see `Remembered`): reading OAEP parameters
+    with asn1crypto costs ~0.2 ms, and a sender writes the same identifier in every message."""
+    return _KEY_TRANSPORTS.answer(alg, _key_transport, alg)
+
+
+def _key_transport(alg: cms.KeyEncryptionAlgorithm) -> tuple[str, padding.AsymmetricPadding]:
     name = algorithm_name(alg, "key encryption algorithm")
     if name == "rsaes_pkcs1v15":
         return "rsa-pkcs1v15", padding.PKCS1v15()
@@ -294,12 +493,20 @@ def content_cipher(alg: algos.EncryptionAlgorithm) -> tuple[str, int, str, bytes
         if len(iv) != 16:
             raise MalformedMessage(f"AES-CBC IV is {len(iv)} bytes, expected 16")
         return label, size, mode, iv, 0
+    # re-loaded from its DER: the same whichever class is registered for the OID (see the top of the module)
     gcm = forced("GCM parameters", lambda: GCMParameters.load(raw.dump()))
     nonce = octets(gcm["aes_nonce"], "GCM nonce")
     icvlen = forced("GCM parameters", lambda: gcm["aes_icvlen"].native)
     if not 12 <= icvlen <= 16 or not 8 <= len(nonce) <= 64:
         raise MalformedMessage(f"AES-GCM parameters out of range (nonce {len(nonce)} bytes, tag {icvlen} bytes)")
     return label, size, mode, nonce, icvlen
+
+
+#: the remembered answers of the functions above: per sender profile, a handful of entries each.
+#: Pure functions of the encoding: asn1crypto's names for these algorithms are its own, never replaced.
+_KEY_TRANSPORTS = Remembered(64)
+_DIGESTS = Remembered(64)
+_SIGNATURE_SCHEMES = Remembered(64)
 
 
 def _oid_text(name: str) -> str:

@@ -30,12 +30,14 @@ bytes (so it is DER as asn1crypto writes it; the one exception is the order
 of RecipientInfos: recipient first, see :func:`_recipient_infos`) and that
 `openssl cms` and `gpgsm` read it.
 
-What asn1crypto 1.5 lacks and this module registers, once, at import (additive
-only, never replacing an existing entry) so that it can also *parse* what we
-write: the RFC 5084 ``GCMParameters`` as the parameters of
-id-aes{128,192,256}-GCM, and the RFC 5753 key-agreement schemes (their
-parameters name the key-wrap algorithm). It knows AuthEnvelopedData, the
-authEnvelopedData content type and RSAES-OAEP parameters already.
+What asn1crypto 1.5 lacks so that it can also *parse* what we write (the RFC
+5084 ``GCMParameters`` as the parameters of id-aes{128,192,256}-GCM, and the
+RFC 5753 key-agreement schemes, whose parameters name the key-wrap algorithm)
+is defined and registered in one place, :mod:`gateway.crypto.asn1`, which the
+opening side uses too: once, when that module is first imported (this module
+imports it), additive only, never replacing an existing entry. asn1crypto
+knows AuthEnvelopedData, the authEnvelopedData content type and RSAES-OAEP
+parameters already.
 
 What it trusts: the caller. It checks that keys are of a kind and size it
 will use (RSA >= 2048 bits, EC P-256/384/521) and raises
@@ -67,6 +69,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
+from gateway.crypto.asn1 import ECDH_SHA256_KDF, ECDH_SHA384_KDF, ECDH_SHA512_KDF, GCMParameters  # noqa: F401
 from gateway.crypto.errors import UnsupportedAlgorithm, WeakAlgorithm
 from gateway.crypto.profiles import ContentCipher, KeyTransport
 
@@ -76,16 +79,8 @@ GCM_ICV_BYTES = 16
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# What asn1crypto 1.5 lacks
-
-
-class GcmParams(core.Sequence):
-    """RFC 5084 GCMParameters ::= SEQUENCE { aes-nonce OCTET STRING, aes-ICVlen AES-GCM-ICVlen DEFAULT 12 }."""
-
-    _fields = [
-        ("aes_nonce", core.OctetString),
-        ("aes_icvlen", core.Integer, {"default": 12}),
-    ]
+# What asn1crypto 1.5 lacks: GCMParameters and the ECDH schemes are defined and registered with asn1crypto by
+# gateway.crypto.asn1 (imported above, so registered before anything here runs); re-exported under these names
 
 
 class EccCmsSharedInfo(core.Sequence):
@@ -96,23 +91,6 @@ class EccCmsSharedInfo(core.Sequence):
         ("entity_u_info", core.OctetString, {"explicit": 0, "optional": True}),
         ("supp_pub_info", core.OctetString, {"explicit": 2}),
     ]
-
-
-#: RFC 5753 / SEC 1 dhSinglePass-stdDH-sha*kdf-scheme
-ECDH_SHA256_KDF = "1.3.132.1.11.1"
-ECDH_SHA384_KDF = "1.3.132.1.11.2"
-ECDH_SHA512_KDF = "1.3.132.1.11.3"
-
-
-def _register() -> None:
-    for name in ("aes128_gcm", "aes192_gcm", "aes256_gcm"):
-        algos.EncryptionAlgorithm._oid_specs.setdefault(name, GcmParams)
-    # unnamed OIDs are keyed by their dotted form; their parameters name the key-wrap algorithm
-    for oid in (ECDH_SHA256_KDF, ECDH_SHA384_KDF, ECDH_SHA512_KDF):
-        acms.KeyEncryptionAlgorithm._oid_specs.setdefault(oid, acms.KeyEncryptionAlgorithm)
-
-
-_register()
 
 
 # ---------------------------------------------------------------------------------------------------------------
