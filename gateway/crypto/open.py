@@ -336,7 +336,7 @@ def _envelope_der(entity: bytes) -> bytes:
     return der
 
 
-def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
+def split_multipart(body: bytes, boundary: str) -> list[bytes]:
     """The parts of a multipart body, each exactly as between its delimiters (RFC 2046 §5.1.1).
 
     A delimiter is "--" boundary at the start of the body or after a line break (CRLF, or a bare LF),
@@ -346,7 +346,7 @@ def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
 
 
 def _split_multipart_at(data: bytes, body: int, boundary: str) -> list[bytes]:
-    """`_split_multipart(data[body:], boundary)`, without copying the body first."""
+    """`split_multipart(data[body:], boundary)`, without copying the body first."""
     if not 1 <= len(boundary) <= 70 or not boundary.isascii():
         raise MalformedMessage("multipart boundary missing or invalid")
     dash = b"--" + boundary.encode("ascii")

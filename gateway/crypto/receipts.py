@@ -134,7 +134,7 @@ from cryptography import x509
 from gateway.crypto import asn1, cms, smime
 from gateway.crypto.errors import MalformedMessage
 from gateway.crypto.identity import Identity
-from gateway.crypto.open import PKCS7_SIGNATURE, _split_multipart, decode_body, split_entity, verify_signed_data
+from gateway.crypto.open import PKCS7_SIGNATURE, decode_body, split_entity, split_multipart, verify_signed_data
 from gateway.crypto.open import content_type as _content_type
 from gateway.crypto.trust import PartyBinding, TrustStore
 
@@ -365,7 +365,7 @@ def parse_mdn(entity: bytes, trust: TrustStore, *, at: datetime | None = None,
         if protocol and protocol not in PKCS7_SIGNATURE:
             raise MalformedMessage(f"multipart/signed protocol {_shown(protocol)!r} is not S/MIME")
         try:
-            parts = _split_multipart(body, params.get("boundary", ""))
+            parts = split_multipart(body, params.get("boundary", ""))
             if len(parts) != 2:
                 raise MalformedMessage(f"multipart/signed has {len(parts)} parts, expected 2")
             sig_headers, sig_body = split_entity(parts[1], "the signature part")
@@ -402,7 +402,7 @@ def _notification_fields(report: bytes) -> dict[str, str]:
         raise MalformedMessage(f"the report type is {_shown(params.get('report-type', ''))!r}, "
                                "expected disposition-notification")
     try:
-        parts = _split_multipart(body, params.get("boundary", ""))
+        parts = split_multipart(body, params.get("boundary", ""))
     except MalformedMessage as e:
         raise MalformedMessage(f"the multipart/report is broken ({e.message})") from None
     found = []
