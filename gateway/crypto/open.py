@@ -394,18 +394,24 @@ def _signed_der(plain: bytes) -> tuple[bytes, str, bytes | None]:
         return der, "the opaque signature", None
     if mtype != "multipart/signed":
         raise MalformedMessage(f"the decrypted content is not signed: Content-Type is {_shown(mtype)!r}")
+    der, signed_part = split_signed(plain, body, params)
+    return der, "the signature", signed_part
+
+
+def split_signed(data: bytes, body: int, params: dict[str, str]) -> tuple[bytes, bytes]:
+    """(signature DER, the signed first part as it stands) of a multipart/signed whose body is
+    data[body:] and whose Content-Type parameters are `params` (shared with receipts)."""
     protocol = params.get("protocol", "").lower()
     if protocol and protocol not in PKCS7_SIGNATURE:
         raise MalformedMessage(f"multipart/signed protocol {_shown(protocol)!r} is not S/MIME")
-    parts = _split_multipart_at(plain, body, params.get("boundary", ""))
+    parts = _split_multipart_at(data, body, params.get("boundary", ""))
     if len(parts) != 2:
         raise MalformedMessage(f"multipart/signed has {len(parts)} parts, expected 2")
     sig_headers, sig_body = split_entity(parts[1], "the signature part")
     sig_type, _ = content_type(sig_headers.get("content-type"))
     if sig_type not in PKCS7_SIGNATURE:
         raise MalformedMessage(f"the second part is {_shown(sig_type)!r}, expected application/pkcs7-signature")
-    der = decode_body(sig_body, sig_headers.get("content-transfer-encoding"), "the signature part")
-    return der, "the signature", parts[0]
+    return decode_body(sig_body, sig_headers.get("content-transfer-encoding"), "the signature part"), parts[0]
 
 
 def _xml_of(signed: bytes, what: str) -> bytes:

@@ -134,7 +134,7 @@ from cryptography import x509
 from gateway.crypto import asn1, cms, smime
 from gateway.crypto.errors import MalformedMessage
 from gateway.crypto.identity import Identity
-from gateway.crypto.open import PKCS7_SIGNATURE, decode_body, split_entity, split_multipart, verify_signed_data
+from gateway.crypto.open import decode_body, split_entity, split_multipart, split_signed, verify_signed_data
 from gateway.crypto.open import content_type as _content_type
 from gateway.crypto.trust import PartyBinding, TrustStore
 
@@ -361,19 +361,9 @@ def parse_mdn(entity: bytes, trust: TrustStore, *, at: datetime | None = None,
             raise MalformedMessage("the MDN is not signed (a bare multipart/report)")
         report = data
     elif mtype == "multipart/signed":
-        protocol = params.get("protocol", "").lower()
-        if protocol and protocol not in PKCS7_SIGNATURE:
-            raise MalformedMessage(f"multipart/signed protocol {_shown(protocol)!r} is not S/MIME")
         try:
-            parts = split_multipart(body, params.get("boundary", ""))
-            if len(parts) != 2:
-                raise MalformedMessage(f"multipart/signed has {len(parts)} parts, expected 2")
-            sig_headers, sig_body = split_entity(parts[1], "the signature part")
-            sig_type, _ = _content_type(sig_headers.get("content-type"))
-            if sig_type not in PKCS7_SIGNATURE:
-                raise MalformedMessage(f"the second part is {_shown(sig_type)!r}, expected application/pkcs7-signature")
-            der = decode_body(sig_body, sig_headers.get("content-transfer-encoding"), "the signature part")
-            signed = verify_signed_data(asn1.load_content_info(der, "the signature"), parts[0])
+            der, signed_part = split_signed(body, 0, params)
+            signed = verify_signed_data(asn1.load_content_info(der, "the signature"), signed_part)
         except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as e:
             # asn1crypto parses lazily: a structure broken where no accessor expected it ends here
             raise MalformedMessage(f"malformed MDN signature ({type(e).__name__})") from None
