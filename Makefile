@@ -7,14 +7,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the tests use as independent oracles (openssl cms, gpgsm)
-DEB_PACKAGES := openssl gpgsm
+# Debian packages the tests use: independent crypto oracles (openssl cms, gpgsm) and the
+# private mail servers of the e2e suite (Postfix with smtp-source, Dovecot IMAP + LMTP)
+DEB_PACKAGES := openssl gpgsm postfix dovecot-imapd dovecot-lmtpd
 
 .PHONY: demo test bench install clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11 or newer is needed"'
 	@if ! $(PYTHON) -m venv --help >/dev/null 2>&1 || ! $(PYTHON) -c 'import ensurepip' 2>/dev/null; then \
 	  echo "installing python3-venv (Debian)"; apt-get update -qq && apt-get install -y -qq python3-venv; fi
