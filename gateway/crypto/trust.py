@@ -88,7 +88,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
 
 from gateway.crypto.errors import (CertificateExpired, CertificateNotYetValid, CertificatePolicy, CertificateRevoked,
-                                   ChainBroken, RevocationUnknown, SignerNotTrusted, UnsupportedAlgorithm,
+                                   ChainBroken, MalformedMessage, RevocationUnknown, SignerNotTrusted, UnsupportedAlgorithm,
                                    WeakAlgorithm, WrongSender)
 
 Usage = Literal["sign", "encrypt"]
@@ -252,16 +252,21 @@ class TrustStore:
         if usage not in ("sign", "encrypt"):
             raise ValueError(f"usage must be 'sign' or 'encrypt', not {usage!r}")
         at = _utc(at)
-        self._check_own_algorithms(cert, usage)
-        _check_validity(cert, at)
-        _check_profile(cert, usage)
-        chain = self._chain(cert, list(extra_chain), at)
-        self._check_revocation(chain, at)
-        if party is not None:
-            wrong = party.mismatches(cert)
-            if wrong:
-                raise WrongSender(f"{describe(cert)} is not the expected party "
-                                  f"({', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not match)")
+        try:
+            self._check_own_algorithms(cert, usage)
+            _check_validity(cert, at)
+            _check_profile(cert, usage)
+            chain = self._chain(cert, list(extra_chain), at)
+            self._check_revocation(chain, at)
+            if party is not None:
+                wrong = party.mismatches(cert)
+                if wrong:
+                    raise WrongSender(f"{describe(cert)} is not the expected party "
+                                      f"({', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not match)")
+        except (ValueError, x509.InvalidVersion) as e:
+            # cryptography parses names, extensions and versions lazily: a corrupt certificate that
+            # loaded fails here, on first access; for the operator that is a malformed message
+            raise MalformedMessage(f"a certificate in the message cannot be read ({type(e).__name__})") from None
         return chain
 
     @staticmethod

@@ -11,7 +11,6 @@ import hashlib
 import os
 import re
 import subprocess
-import timeit
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -634,6 +633,33 @@ def test_corruption_anywhere_raises_only_typed_errors(lab, me, trust, layer):
     assert sum(n for k, n in outcomes.items() if k != "opened") > len(entities) // 2, outcomes
 
 
+def test_corrupt_embedded_signer_certificate_is_a_malformed_message(lab, me, trust):
+    """A signer certificate that still loads but is corrupt inside (issuer, validity, extensions, version:
+    fields cryptography parses only on first access) is a typed refusal, never a raw ValueError. Found by
+    mutation: ~160 of 2,000 single-byte corruptions used to escape as ValueError/InvalidVersion."""
+    from gateway.crypto.profiles import COMPATIBLE
+    from gateway.crypto.seal import seal
+
+    sender = lab.identity("PI-VUGHT")
+    der = sender.cert.public_bytes(serialization.Encoding.DER)
+    outcomes: dict[str, int] = {}
+    for i in range(0, len(der), 3):
+        for value in (0x00, 0xFF):
+            try:
+                cert = x509.load_der_x509_certificate(der[:i] + bytes([value]) + der[i + 1:])
+                sealed = seal(b"<bericht/>", Identity(sender.key, cert, sender.chain), me.cert, COMPATIBLE)
+            except Exception:
+                continue  # not loadable or not sealable: never reaches a receiver in this form
+            try:
+                opened = open_sealed(sealed.entity, me, trust)
+            except errors.CryptoError as e:
+                outcomes[type(e).__name__] = outcomes.get(type(e).__name__, 0) + 1
+            else:  # only bytes the CA did not sign (outside tbsCertificate) may change and still pass
+                assert opened.signer.tbs_certificate_bytes == sender.cert.tbs_certificate_bytes
+                outcomes["opened"] = outcomes.get("opened", 0) + 1
+    assert outcomes.get("MalformedMessage", 0) > 0, outcomes
+
+
 # -- AuthEnvelopedData with authAttrs (RFC 5083: the DER of authAttrs is the AAD) -------------------
 
 def gcm_with_auth_attrs(lab: Lab, inner: bytes, *, with_attrs: bool = True, tamper_attrs: bool = False) -> bytes:
@@ -695,17 +721,3 @@ def test_gcm_auth_attrs_are_authenticated(lab, me, trust):
     assert opened.xml == lab.xml and opened.content_cipher == "aes256-gcm" and opened.key_transport == "rsa-oaep-sha256"
     with pytest.raises(errors.DecryptionFailed):
         open_sealed(gcm_with_auth_attrs(lab, inner, tamper_attrs=True), me, trust)
-
-
-# -- speed ---------------------------------------------------------------------------------------
-
-def test_open_rate_for_a_10kb_message(lab, me, trust, capsys):
-    """Opening a ~10 KB message (decrypt, verify, chain, CRL) stays well above 50 per second on one core; the
-    measured rate is printed (pytest -s) for the report."""
-    sealed = lab.encrypt(lab.sign(make_part(lab.xml)), cipher="aes-256-gcm", oaep="sha256")
-    open_sealed(sealed, me, trust)
-    n = 100
-    seconds = timeit.timeit(lambda: open_sealed(sealed, me, trust), number=n)
-    with capsys.disabled():
-        print(f"\nopen_sealed, {len(lab.xml)} bytes XML, AES-256-GCM + RSA-OAEP-SHA256: {n / seconds:.0f}/s")
-    assert n / seconds > 50
