@@ -47,6 +47,9 @@ DEV_PARTIES: tuple[DevParty, ...] = (
     DevParty("0344", "Gemeente Utrecht", "nazorg@gemeente-0344.example.nl"),
     DevParty("0363", "Gemeente Amsterdam", "nazorg@gemeente-0363.example.nl"),
     DevParty("0518", "Gemeente 's-Gravenhage", "nazorg@gemeente-0518.example.nl"),
+    # the shipped example messages are addressed to these two as well
+    DevParty("0772", "Gemeente Eindhoven", "nazorg@gemeente-0772.example.nl"),
+    DevParty("0014", "Gemeente Groningen", "nazorg@gemeente-0014.example.nl"),
     DevParty("PLATFORM", "Digitaal Platform Aansluiting Nazorg", "as2@platform.example.nl"),
 )
 #: certificates that exist to be refused

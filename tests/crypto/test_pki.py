@@ -4,6 +4,7 @@ for S/MIME, the refusals it must provoke, and keys that are private and never ov
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 from gateway.crypto.identity import IdentityError, load_pem_identity, load_pkcs12_identity
 from gateway.crypto.pki import DEV_PARTIES, PkiError, init_dev_pki
+from paths import EXAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +50,17 @@ def test_the_test_certificates_are_refused_by_openssl(pki, party, reason):
     folder, parties = pki
     r = openssl_verify(folder, parties[party] / "cert.pem")
     assert r.returncode != 0 and reason in (r.stdout + r.stderr)
+
+
+def test_every_party_of_the_valid_examples_has_a_development_identity():
+    """The shipped valid examples can be sealed to and by the dev PKI: each municipality and PI they name has a party."""
+    named = set()
+    for f in (EXAMPLES / "valid").rglob("*.xml"):
+        text = f.read_text(encoding="utf-8")
+        named |= set(re.findall(r"<(?:\w+:)?gemeenteVan(?:Herkomst|Vestiging)>\s*([0-9]{4})\s*<", text))
+        named |= set(re.findall(r">\s*(PI-[A-Z0-9]+)\s*<", text))
+    assert {"0772", "0014", "0599", "PI-VUGHT"} <= named
+    assert named <= {p.code for p in DEV_PARTIES}
 
 
 def test_private_keys_are_mode_0600(pki):
