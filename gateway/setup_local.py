@@ -46,8 +46,10 @@ CONFIG_NAME = "gateway.toml"
 FOLDERS = ("outbox", "rejected", "inbox", "spool", "quarantine", "state")
 
 
-class SetupError(Exception):
-    """The local set-up could not be written (the folder is not empty, or the party is unknown)."""
+class SetupError(ValueError):
+    """The local set-up could not be written (the folder is not empty, or the party is unknown).
+
+    A ValueError: what the caller gave cannot be used (the CLI reports it as a usage error)."""
 
 
 def _kind(code: str) -> str:
