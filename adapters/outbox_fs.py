@@ -1,0 +1,119 @@
+"""The outbox folder and the gateway's own folders: listing, reading, atomic writes and moves.
+
+The producer's convention (README): write ``NAME.xml.tmp`` (or into
+``outbox/.tmp/``) and rename it to ``NAME.xml`` when complete. Hidden and
+temporary files are never touched; a file whose size or mtime still changes is
+left until it has been quiet for a while.
+
+Durability: a move is a rename followed by an fsync of both directories; a
+write goes to a hidden temporary file that is fsynced and renamed into place,
+then the directory is fsynced. Across file systems a move is copy + fsync +
+rename + unlink, in that order, so a crash leaves at worst two copies, never
+none (the store's pick-up record decides which one counts).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".swp", "~")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    name: str
+    size: int
+    mtime_ns: int
+
+
+def is_ignored(name: str) -> bool:
+    """Hidden and temporary files belong to the producer, not to the gateway."""
+    lower = name.lower()
+    return name.startswith(".") or lower.endswith(TEMP_SUFFIXES)
+
+
+def candidates(folder: Path) -> list[Candidate]:
+    """Regular, non-hidden, non-temporary files directly in `folder` (sub-folders are not read)."""
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if is_ignored(entry.name):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if entry.is_file(follow_symlinks=False):
+            found.append(Candidate(entry.name, st.st_size, st.st_mtime_ns))
+    return sorted(found, key=lambda c: (c.mtime_ns, c.name))
+
+
+def read_bounded(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None when it is larger than `limit` (then nothing more than limit+1 is read)."""
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    return None if len(data) > limit else data
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o640) -> None:
+    """`path` holds either its old content or all of `data`, never a part, even after a crash."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def free_name(folder: Path, name: str) -> str:
+    """`name`, or `name.1`, `name.2`, … when taken (a second drop of the same name is kept, not overwritten)."""
+    candidate, n = name, 0
+    while (folder / candidate).exists() or (folder / f"{candidate}.error.json").exists():
+        n += 1
+        candidate = f"{name}.{n}"
+    return candidate
+
+
+def move(src: Path, dst: Path) -> None:
+    """Move `src` to `dst` durably (see the module); `dst` must not exist."""
+    try:
+        os.link(src, dst)  # fails rather than overwrite
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        _copy_across(src, dst)
+    os.unlink(src)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def _copy_across(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.link(tmp, dst)
+    os.unlink(tmp)

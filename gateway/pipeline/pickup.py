@@ -1,0 +1,232 @@
+"""Pick-up: taking ownership of the files PI systems drop into the outbox.
+
+Order of the steps, so that a crash at any point loses nothing and sends
+nothing twice:
+1. the file has been quiet (size and mtime unchanged) for `stable_after`;
+2. read it, hash it, validate it (in a worker process);
+3. commit the pick-up in the store (accepted: the message row in state
+   `received`; rejected: the rejection; duplicate: the report);
+4. move the file (spool/<message id>.xml, or rejected/NAME with its
+   NAME.error.json and NAME.error.txt) — a rename, so it leaves the outbox in
+   the same step;
+5. confirm the pick-up in the store.
+At start, `reconcile` finishes step 4-5 for every pick-up committed without
+its confirmation. A file whose hash was accepted before, or whose message id
+exists, is a duplicate: reported and moved to rejected/, never sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import structlog
+from watchfiles import awatch
+
+from adapters import outbox_fs
+from gateway.pipeline.validation import Checked, Facts, ValidationPool
+from gateway.store import DuplicateMessage, NewMessage, Store
+
+log = structlog.get_logger(__name__)
+
+#: a release notice goes before a backlog of screening messages (higher first)
+PRIORITY = {"spoedontslagbericht": 30, "ontslagbericht": 20, "overdrachtsdocument": 10, "gemeenteblad": 10,
+            "basisdocument": 0, "meldingsbericht": 0}
+
+
+class Pickup:
+    def __init__(self, *, store: Store, validation: ValidationPool, outbox: Path, spool: Path, rejected: Path,
+                 own_party: str, max_bytes: int, stable_after: float, rescan_interval: float,
+                 accepted: Callable[[str], Awaitable[None] | None]):
+        self.store = store
+        self.validation = validation
+        self.outbox, self.spool, self.rejected = outbox, spool, rejected
+        self.own_party = own_party
+        self.max_bytes = max_bytes
+        self.stable_after = stable_after
+        self.rescan_interval = rescan_interval
+        self._accepted = accepted
+        #: name -> (size, mtime_ns, monotonic time first seen with these)
+        self._seen: dict[str, tuple[int, int, float]] = {}
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.reconcile()
+        await self.scan()
+        # events wake us early; the timeout is the safety-net rescan (events can be lost, e.g. on NFS)
+        tick = int(min(self.rescan_interval, max(self.stable_after, 0.05)) * 1000)
+        last_full = time.monotonic()
+        async for _changes in awatch(self.outbox, stop_event=stop, rust_timeout=tick, yield_on_timeout=True,
+                                     recursive=False, debounce=50, step=20):
+            if self._seen or time.monotonic() - last_full >= self.rescan_interval or _changes:
+                await self.scan()
+                last_full = time.monotonic()
+
+    async def scan(self) -> int:
+        """Take every file that is ready; return how many were taken."""
+        now = time.monotonic()
+        present = set()
+        taken = 0
+        for c in outbox_fs.candidates(self.outbox):
+            present.add(c.name)
+            before = self._seen.get(c.name)
+            if before is None or before[:2] != (c.size, c.mtime_ns):
+                self._seen[c.name] = (c.size, c.mtime_ns, now)
+                if self.stable_after > 0:
+                    continue
+            elif now - before[2] < self.stable_after:
+                continue
+            try:
+                await self.take(c.name)
+                taken += 1
+            except FileNotFoundError:
+                pass  # the producer took it back
+            self._seen.pop(c.name, None)
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        return taken
+
+    # -- one file ---------------------------------------------------------------------------------
+
+    async def take(self, name: str) -> None:
+        path = self.outbox / name
+        size = path.stat().st_size
+        data = outbox_fs.read_bounded(path, self.max_bytes)
+        if data is None:
+            sha256 = _sha256_file(path)
+            await self._reject(name, size, sha256, _too_large(name, size, self.max_bytes), "too-large")
+            return
+        sha256 = hashlib.sha256(data).hexdigest()
+        earlier = await self.store.find_pickup(sha256)
+        if earlier is not None and earlier.outcome == "accepted":
+            await self._duplicate(name, size, sha256, "same-file", earlier.message_id,
+                                  f"this exact file was already taken on {earlier.at:%Y-%m-%d %H:%M:%S} UTC "
+                                  f"as message {earlier.message_id}; it is not sent again")
+            return
+        checked = await self.validation.check(data, name)
+        if not checked.valid:
+            await self._reject(name, size, sha256, checked.verdict, _first_code(checked))
+            return
+        facts = checked.facts
+        if facts.sender != self.own_party:
+            verdict = dict(checked.verdict, valid=False, problems=[{
+                "code": "wrong-sender", "line": None, "path": "berichtkop/afzender", "value": facts.sender,
+                "message": f"the message names {facts.sender} as its sender, but this gateway sends for "
+                           f"{self.own_party} only"}])
+            await self._reject(name, size, sha256, verdict, "wrong-sender")
+            return
+        spool_name = f"{facts.message_id}.xml"
+        try:
+            record = await self.store.accept(_new_message(facts, name, size, sha256, self.spool / spool_name))
+        except DuplicateMessage as e:
+            await self._duplicate(name, size, sha256, e.kind, facts.message_id,
+                                  f"message id {facts.message_id} was already taken from another file; "
+                                  "a corrected message needs a new berichtId (and may name the old one in "
+                                  "<vervangt>)" if e.kind == "same-id" else
+                                  f"this exact file was already taken as message {facts.message_id}")
+            return
+        outbox_fs.move(path, self.spool / spool_name)
+        pickup = await self.store.find_pickup(sha256)
+        await self.store.confirm_pickup(pickup.id)
+        log.info("picked-up", message_id=facts.message_id, type=facts.type, recipient=facts.recipient,
+                 size=size, state=record.state.value)
+        result = self._accepted(facts.message_id)
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def _reject(self, name: str, size: int, sha256: str, verdict: dict, code: str) -> None:
+        target = outbox_fs.free_name(self.rejected, name)
+        await self.store.record_rejection(file_name=name, size=size, sha256=sha256,
+                                          declared_id=verdict.get("message_id"), declared_type=verdict.get("type"),
+                                          reason=code, rejected_path=str(self.rejected / target))
+        self._file_away(name, target, verdict)
+        log.warning("rejected", file=name, moved_to=f"rejected/{target}", declared_id=verdict.get("message_id"),
+                    declared_type=verdict.get("type"),
+                    problems=[{k: p.get(k) for k in ("code", "path", "line")} for p in verdict.get("problems", [])])
+
+    async def _duplicate(self, name: str, size: int, sha256: str, kind: str, message_id: str | None,
+                         reason: str) -> None:
+        target = outbox_fs.free_name(self.rejected, name)
+        await self.store.record_duplicate(file_name=name, size=size, sha256=sha256, kind=kind,
+                                          message_id=message_id, reason=reason)
+        verdict = {"file": name, "valid": False, "message_id": message_id, "duplicate": kind,
+                   "problems": [{"code": f"duplicate-{kind}", "message": reason, "line": None, "path": "",
+                                 "value": None}]}
+        self._file_away(name, target, verdict)
+        log.warning("duplicate-dropped", file=name, kind=kind, message_id=message_id, moved_to=f"rejected/{target}")
+
+    def _file_away(self, name: str, target: str, verdict: dict) -> None:
+        verdict = dict(verdict, file=name, rejected_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        outbox_fs.write_atomic(self.rejected / f"{target}.error.json",
+                               json.dumps(verdict, ensure_ascii=False, indent=2).encode() + b"\n")
+        outbox_fs.write_atomic(self.rejected / f"{target}.error.txt", _readable(verdict).encode())
+        outbox_fs.move(self.outbox / name, self.rejected / target)
+
+    # -- after a crash ----------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Finish what a crash left between committing a pick-up and moving its file."""
+        for p in await self.store.pending_pickups():
+            in_outbox = self.outbox / p.file_name
+            in_spool = Path(p.spool_path) if p.spool_path else None
+            if in_spool is not None and not in_spool.exists() and in_outbox.exists() \
+                    and _sha256_file(in_outbox) == p.sha256:
+                outbox_fs.move(in_outbox, in_spool)
+                action = "moved-to-spool"
+            elif in_spool is not None and in_spool.exists() and in_outbox.exists() \
+                    and _sha256_file(in_outbox) == p.sha256:
+                in_outbox.unlink()  # both copies: the spool one counts
+                outbox_fs.fsync_dir(self.outbox)
+                action = "removed-outbox-copy"
+            else:
+                action = "nothing-left-to-do"
+            await self.store.confirm_pickup(p.id)
+            log.info("pickup-reconciled", message_id=p.message_id, action=action)
+
+
+def _new_message(facts: Facts, name: str, size: int, sha256: str, spool_path: Path) -> NewMessage:
+    return NewMessage(message_id=facts.message_id, type=facts.type, version=facts.version, sender=facts.sender,
+                      recipient=facts.recipient, dossier=facts.dossier, replies_to=facts.replies_to,
+                      supersedes=facts.supersedes, priority=PRIORITY.get(facts.type, 0), created_at=facts.created,
+                      file_name=name, size=size, sha256=sha256, spool_path=str(spool_path))
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _too_large(name: str, size: int, limit: int) -> dict:
+    return {"file": name, "valid": False, "type": None, "message_id": None,
+            "problems": [{"code": "too-large", "line": None, "path": "", "value": None,
+                          "message": f"the file has {size} bytes; the limit is {limit}"}]}
+
+
+def _first_code(checked: Checked) -> str:
+    problems = checked.verdict.get("problems") or [{}]
+    return problems[0].get("code") or "invalid"
+
+
+def _readable(verdict: dict) -> str:
+    lines = [f"File: {verdict.get('file')}", f"Refused at: {verdict.get('rejected_at')}"]
+    if verdict.get("type"):
+        lines.append(f"Message type: {verdict['type']}")
+    if verdict.get("message_id"):
+        lines.append(f"Message id: {verdict['message_id']}")
+    lines.append("")
+    lines.append("Why:")
+    for p in verdict.get("problems", []):
+        where = " ".join(x for x in (f"line {p['line']}" if p.get("line") else "", p.get("path") or "") if x)
+        lines.append(f"- {where + ': ' if where else ''}{p.get('message')} [{p.get('code')}]")
+    lines += ["", "The file was not sent. Correct it and drop it into the outbox again "
+              "(a changed message keeps its berichtId only if this one was never sent)."]
+    return "\n".join(lines) + "\n"

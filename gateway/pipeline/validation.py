@@ -1,0 +1,141 @@
+"""Validation at pick-up, in worker processes.
+
+Why processes: lxml keeps a per-thread dictionary of every tag name it has
+seen, which hostile input with many distinct names grows without bound, and a
+libxml2 call that hangs cannot be interrupted in a thread. Workers are
+recycled after `max_tasks_per_child` messages and a stuck one is killed with
+its pool, so the daemon itself stays small and responsive.
+
+The daemon validates with one difference from the `validate` command: a
+municipality code that has *ended* is not an error here. Routing holds such a
+message with the successor code, for an operator to decide (issue: "never
+rejected, never guessed"); unknown codes are still errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import date, datetime
+from pathlib import Path
+from typing import NamedTuple
+
+from gateway.messages.validate import Validator
+from gateway.routing.parties import Parties
+
+#: workers are replaced after this many messages (bounds lxml's name dictionary)
+MAX_TASKS_PER_CHILD = 2000
+
+
+class Facts(NamedTuple):
+    """What the pipeline needs of a valid message: picklable, no XML tree, no personal data."""
+
+    type: str
+    version: str
+    message_id: str
+    created: datetime
+    sender: str  #: "pi:PI-VUGHT"
+    recipient: str  #: "gemeente:0599"
+    dossier: str
+    replies_to: str | None
+    supersedes: str | None
+
+    @property
+    def recipient_code(self) -> str:
+        return self.recipient.split(":", 1)[1]
+
+
+class Checked(NamedTuple):
+    facts: Facts | None
+    #: the verdict as `nazorg-gateway validate --json` writes it (for rejected/NAME.error.json)
+    verdict: dict
+
+    @property
+    def valid(self) -> bool:
+        return self.facts is not None
+
+
+class _EndedIsNotAnError:
+    """The registries, with an ended (but known) municipality code passed on to routing."""
+
+    def __init__(self, parties: Parties):
+        self._parties = parties
+
+    def municipality_problem(self, code: str, on: date) -> str | None:
+        problem = self._parties.municipality_problem(code, on)
+        if problem is None:
+            return None
+        known = self._parties.municipalities.get(code)
+        if known is not None and known.begins <= on and known.ends is not None and known.ends <= on:
+            return None
+        return problem
+
+    def institution_problem(self, code: str) -> str | None:
+        return self._parties.institution_problem(code)
+
+
+_validator: Validator | None = None
+
+
+def _init_worker(institutions: str, municipalities: str | None, max_bytes: int) -> None:
+    global _validator
+    parties = Parties.load(municipalities, institutions)
+    _validator = Validator(_EndedIsNotAnError(parties), max_bytes=max_bytes)
+
+
+def check_bytes(data: bytes, source: str) -> Checked:
+    """Validate one message (in a worker, after `_init_worker`)."""
+    assert _validator is not None, "worker not initialised"
+    verdict = _validator.validate_bytes(data, source)
+    m = verdict.message
+    facts = None if m is None or not verdict.valid else Facts(
+        m.type.value, m.version, m.message_id, m.created, str(m.sender), str(m.recipient), m.dossier,
+        m.replies_to, m.supersedes)
+    return Checked(facts, verdict.as_dict())
+
+
+class ValidationPool:
+    """A small pool of validating processes; `check` is awaitable."""
+
+    def __init__(self, *, institutions: Path, municipalities: Path | None, max_bytes: int, workers: int = 2):
+        self._args = (os.fspath(institutions), os.fspath(municipalities) if municipalities else None, max_bytes)
+        self._workers = max(1, workers)
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # forkserver: max_tasks_per_child needs a non-fork start method, and a fork of a process
+        # running an event loop and SQLite connections is unsafe anyway
+        return ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("forkserver"),
+                                   initializer=_init_worker, initargs=self._args,
+                                   max_tasks_per_child=MAX_TASKS_PER_CHILD)
+
+    async def warm_up(self) -> None:
+        """Start the workers (and fail early on a broken registry) before any file is taken."""
+        await asyncio.gather(*(self.check(b"", "<warm-up>") for _ in range(self._workers)))
+
+    async def check(self, data: bytes, source: str, *, timeout: float = 60.0) -> Checked:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, check_bytes, data, source), timeout)
+        except (BrokenProcessPool, asyncio.TimeoutError):
+            # a worker died or hangs on this input: replace the whole pool and report the file as bad
+            old, self._pool = self._pool, self._new_pool()
+            _kill(old)
+            return Checked(None, {"file": source, "valid": False, "type": None, "version": None,
+                                  "message_id": None, "sender": None, "recipient": None,
+                                  "problems": [{"code": "validation-aborted", "message":
+                                                "validation of this file did not finish (took longer than "
+                                                f"{timeout:.0f} s or crashed the validator)", "line": None,
+                                                "path": "", "value": None}]})
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,65 @@
+"""Which route a message takes, or why it must wait for an operator.
+
+The recipient comes from the message (the entitlement rule of its type, applied
+at validation); this module only looks up how to reach that party. Anything
+doubtful holds the message with the reason — it never picks another party.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from cryptography import x509
+
+from gateway.crypto.errors import CryptoError
+from gateway.crypto.trust import TrustStore, describe
+from gateway.routing.parties import Parties
+
+
+@dataclass(frozen=True)
+class Hold:
+    reason: str
+    successor: str | None = None  #: the code the ended municipality became, when there is one
+
+
+@dataclass(frozen=True)
+class Go:
+    route: object  #: gateway.config.Route
+    certificate: x509.Certificate
+
+
+def decide(recipient: str, routes: Mapping[str, object], certificates: Mapping[str, x509.Certificate],
+           parties: Parties, trust: TrustStore, *, now: datetime, on: date) -> Go | Hold:
+    """`recipient` as the messages name it ("gemeente:0599", "pi:PI-VUGHT")."""
+    kind, _, code = recipient.partition(":")
+    if kind == "gemeente":
+        known = parties.municipalities.get(code)
+        if known is None:
+            return Hold(f"municipality {code} is not in the registry")
+        if not known.in_force_on(on):
+            successor = parties.municipalities.current_successor(code, on)
+            if successor is not None and successor.code != code:
+                return Hold(f"municipality {known.label()} ended on {known.ends}; its successor is "
+                            f"{successor.label()}: correct the message at the source and drop it again, "
+                            "or cancel it", successor=successor.code)
+            return Hold(f"municipality {known.label()} is not in force on {on} and has no successor in force")
+    elif kind == "pi":
+        problem = parties.institution_problem(code)
+        if problem:
+            return Hold(problem)
+    else:
+        return Hold(f"recipient {recipient!r} is neither a municipality nor a PI")
+    route = routes.get(code)
+    if route is None:
+        return Hold(f"no route configured for {recipient}: add [routes.\"{code}\"] to the configuration, "
+                    "then release the message")
+    cert = certificates.get(code)
+    if cert is None:
+        return Hold(f"the certificate of the route for {recipient} could not be read")
+    try:
+        trust.check(cert, [], now, usage="encrypt")
+    except CryptoError as e:
+        return Hold(f"the encryption certificate of {recipient} ({describe(cert)}) cannot be used: {e}")
+    return Go(route, cert)

@@ -1,0 +1,166 @@
+"""Pick-up: ownership taken crash-safely, invalid input filed with its verdict, duplicates never taken twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from dropped import OWN_EXAMPLES, example, with_new_id
+from gateway.pipeline.pickup import Pickup
+from gateway.store import NewMessage, State
+from paths import EXAMPLES
+
+
+@pytest.fixture
+def taken() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def pickup(config, store, validation, taken) -> Pickup:
+    return Pickup(store=store, validation=validation, outbox=config.folders.outbox, spool=config.folders.spool,
+                  rejected=config.folders.rejected, own_party=str(config.party.party),
+                  max_bytes=config.limits.max_message_bytes, stable_after=0.0, rescan_interval=1.0,
+                  accepted=taken.append)
+
+
+def drop(config, name: str, data: bytes) -> None:
+    """What a producer does: write NAME.tmp, then rename."""
+    tmp = config.folders.outbox / f"{name}.tmp"
+    tmp.write_bytes(data)
+    os.rename(tmp, config.folders.outbox / name)
+
+
+def outbox_files(config) -> list[str]:
+    return sorted(p.name for p in config.folders.outbox.iterdir() if p.is_file())
+
+
+async def test_valid_messages_are_owned_spooled_and_recorded(config, store, pickup, taken):
+    ids = {}
+    for name, recipient in OWN_EXAMPLES.items():
+        data, mid = with_new_id(example(name))
+        drop(config, name, data)
+        ids[mid] = (recipient, data)
+    assert await pickup.scan() == len(OWN_EXAMPLES)
+    assert outbox_files(config) == []
+    assert sorted(taken) == sorted(ids)
+    for mid, (recipient, data) in ids.items():
+        record = await store.get(mid)
+        assert (record.state, record.recipient) == (State.RECEIVED, recipient)
+        assert (config.folders.spool / f"{mid}.xml").read_bytes() == data
+    assert await store.pending_pickups() == []
+    # an ontslagbericht outranks a screening message
+    prio = {r.type: r.priority for r in await store.list(limit=100)}
+    assert prio["spoedontslagbericht"] > prio["ontslagbericht"] > prio["meldingsbericht"]
+
+
+async def test_invalid_message_goes_to_rejected_with_its_verdict(config, store, pickup, taken):
+    source = EXAMPLES / "invalid" / "aanmaaktijdstip-zonder-tijdzone.xml"
+    drop(config, "broken.xml", source.read_bytes())
+    await pickup.scan()
+    assert taken == [] and outbox_files(config) == []
+    rejected = config.folders.rejected
+    assert (rejected / "broken.xml").read_bytes() == source.read_bytes()
+    verdict = json.loads((rejected / "broken.xml.error.json").read_text())
+    assert verdict["valid"] is False and verdict["problems"] and verdict["problems"][0]["code"]
+    text = (rejected / "broken.xml.error.txt").read_text()
+    assert "Why:" in text and verdict["problems"][0]["code"] in text
+    counts = await store.counts()
+    assert counts[State.REJECTED] == 1 and sum(counts.values()) == 1
+
+
+async def test_message_of_another_sender_is_refused(config, pickup, taken):
+    drop(config, "haaglanden.xml", example("ontslagbericht-met-justitieel-kader.xml"))
+    await pickup.scan()
+    verdict = json.loads((config.folders.rejected / "haaglanden.xml.error.json").read_text())
+    assert [p["code"] for p in verdict["problems"]] == ["wrong-sender"]
+    assert "pi:PI-HAAGLANDEN" in verdict["problems"][0]["message"] and taken == []
+
+
+async def test_same_file_twice_is_sent_once(config, store, pickup, taken):
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    drop(config, "a.xml", data)
+    await pickup.scan()
+    drop(config, "a.xml", data)  # the producer repeats itself
+    await pickup.scan()
+    assert taken == [mid]
+    verdict = json.loads((config.folders.rejected / "a.xml.error.json").read_text())
+    assert verdict["duplicate"] == "same-file" and mid in verdict["problems"][0]["message"]
+    assert (await store.get(mid)).state is State.RECEIVED
+
+
+async def test_same_message_id_with_other_content_is_refused(config, store, pickup, taken):
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    drop(config, "first.xml", data)
+    await pickup.scan()
+    drop(config, "second.xml", data.replace(b"</meldingsbericht>", b"\n</meldingsbericht>"))
+    await pickup.scan()
+    assert taken == [mid]
+    verdict = json.loads((config.folders.rejected / "second.xml.error.json").read_text())
+    assert verdict["duplicate"] == "same-id" and "new berichtId" in verdict["problems"][0]["message"]
+
+
+async def test_temporary_hidden_and_growing_files_are_left_alone(config, store, validation, taken):
+    outbox = config.folders.outbox
+    (outbox / "half.xml.tmp").write_bytes(b"<meldingsbericht")
+    (outbox / ".hidden.xml").write_bytes(b"<x/>")
+    (outbox / ".tmp").mkdir()
+    (outbox / ".tmp" / "in-progress.xml").write_bytes(b"<x/>")
+    pickup = Pickup(store=store, validation=validation, outbox=outbox, spool=config.folders.spool,
+                    rejected=config.folders.rejected, own_party=str(config.party.party),
+                    max_bytes=config.limits.max_message_bytes, stable_after=0.2, rescan_interval=1.0,
+                    accepted=taken.append)
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    growing = outbox / "growing.xml"
+    growing.write_bytes(data[:100])
+    assert await pickup.scan() == 0  # first sight: not yet quiet
+    with open(growing, "ab") as fh:
+        fh.write(data[100:])
+    assert await pickup.scan() == 0  # it changed: the clock starts again
+    import asyncio
+    await asyncio.sleep(0.25)
+    assert await pickup.scan() == 1
+    assert taken == [mid]
+    assert sorted(p.name for p in outbox.iterdir()) == [".hidden.xml", ".tmp", "half.xml.tmp"]
+
+
+async def test_crash_between_commit_and_move_is_reconciled(config, store, pickup, taken):
+    """The store committed the pick-up, then the process died before the file moved: on start the
+    file is moved into the spool, and it is not taken a second time."""
+    data, mid = with_new_id(example("05-ontslagbericht.xml"))
+    import hashlib
+    drop(config, "crash.xml", data)
+    await store.accept(NewMessage(message_id=mid, type="ontslagbericht", version="1.0", sender="pi:PI-VUGHT",
+                                  recipient="gemeente:0344", dossier="x", replies_to=None, supersedes=None,
+                                  priority=20, created_at=__import__("datetime").datetime.now(
+                                      __import__("datetime").timezone.utc), file_name="crash.xml", size=len(data),
+                                  sha256=hashlib.sha256(data).hexdigest(),
+                                  spool_path=str(config.folders.spool / f"{mid}.xml")))
+    await pickup.reconcile()
+    assert outbox_files(config) == []
+    assert (config.folders.spool / f"{mid}.xml").read_bytes() == data
+    assert await store.pending_pickups() == []
+    assert await pickup.scan() == 0 and taken == []
+
+
+async def test_ended_municipality_is_accepted_for_routing_to_hold(config, store, pickup, taken):
+    """0003 (Appingedam) ended on 2021-01-01 (now Eemsdelta, 1979): not a validation error in the
+    daemon — routing holds it with the successor (test_pipeline_sealer)."""
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    drop(config, "ended.xml", re.sub(rb">0599<", b">0003<", data))
+    await pickup.scan()
+    assert taken == [mid]
+    assert (await store.get(mid)).recipient == "gemeente:0003"
+
+
+async def test_too_large_file_is_rejected_without_reading_it_all(config, store, validation, taken):
+    small = Pickup(store=store, validation=validation, outbox=config.folders.outbox, spool=config.folders.spool,
+                   rejected=config.folders.rejected, own_party=str(config.party.party), max_bytes=1000,
+                   stable_after=0.0, rescan_interval=1.0, accepted=taken.append)
+    drop(config, "big.xml", b"<a>" + b"x" * 5000 + b"</a>")
+    await small.scan()
+    verdict = json.loads((config.folders.rejected / "big.xml.error.json").read_text())
+    assert verdict["problems"][0]["code"] == "too-large" and taken == []

@@ -1,0 +1,106 @@
+"""Routing and sealing: the entitled party's route, or `held` with the reason — never another party."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from cryptography import x509
+
+from dropped import OWN_EXAMPLES, example, with_new_id
+from gateway.crypto.identity import load_pem_identity
+from gateway.crypto.open import open_sealed
+from gateway.crypto.trust import PartyBinding
+from gateway.pipeline.pickup import Pickup
+from gateway.pipeline.sealer import Sealer
+from gateway.store import State
+
+
+@pytest.fixture
+def certificates(config):
+    return {code: x509.load_pem_x509_certificate(r.certificate.read_bytes()) for code, r in config.routes.items()}
+
+
+def make_sealer(config, secrets, store, certificates, routes=None, woken=None):
+    return Sealer(store=store, identity=secrets.identity, trust=secrets.trust, parties=config.parties(),
+                  routes=config.routes if routes is None else routes, certificates=certificates,
+                  queued=((lambda: woken.append(1)) if woken is not None else (lambda: None)))
+
+
+async def take(config, store, validation, name: str, data: bytes) -> None:
+    pickup = Pickup(store=store, validation=validation, outbox=config.folders.outbox, spool=config.folders.spool,
+                    rejected=config.folders.rejected, own_party=str(config.party.party),
+                    max_bytes=config.limits.max_message_bytes, stable_after=0.0, rescan_interval=1.0,
+                    accepted=lambda _: None)
+    (config.folders.outbox / name).write_bytes(data)
+    assert await pickup.scan() == 1
+
+
+def identity_of(setup, code):
+    folder = setup / "keys" / "parties" / code
+    return load_pem_identity(folder / "key.pem", folder / "cert.pem", folder / "chain.pem")
+
+
+async def test_each_message_is_sealed_for_its_entitled_recipient_only(setup, config, secrets, store, validation,
+                                                                      certificates):
+    woken = []
+    sealer = make_sealer(config, secrets, store, certificates, woken=woken)
+    for name, recipient in OWN_EXAMPLES.items():
+        data, mid = with_new_id(example(name))
+        await take(config, store, validation, name, data)
+        assert await sealer.route_and_seal(mid) is State.QUEUED
+        record = await store.get(mid)
+        code = recipient.split(":")[1]
+        assert (record.state, record.transport, record.address) == (State.QUEUED, "email", config.routes[code].address)
+        entity = await store.sealed(mid)
+        opened = open_sealed(entity, identity_of(setup, code), secrets.trust,
+                             expected_sender=PartyBinding(email=config.party.email))
+        assert opened.xml == data and opened.mic == record.mic
+        # the recipient of another route cannot read it
+        other = "0363" if code != "0363" else "0518"
+        with pytest.raises(Exception) as refused:
+            open_sealed(entity, identity_of(setup, other), secrets.trust)
+        assert type(refused.value).__name__ == "NotForUs"
+    assert len(woken) == len(OWN_EXAMPLES)
+
+
+async def test_no_route_holds_with_the_reason_and_release_after_the_fix_seals(config, secrets, store, validation,
+                                                                              certificates):
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    await take(config, store, validation, "a.xml", data)
+    without = {c: r for c, r in config.routes.items() if c != "0599"}
+    assert await make_sealer(config, secrets, store, certificates, routes=without).route_and_seal(mid) is State.HELD
+    record = await store.get(mid)
+    assert record.state is State.HELD and "no route configured for gemeente:0599" in record.reason
+    # the operator adds the route and releases: the same message is sealed, for the same party
+    assert await make_sealer(config, secrets, store, certificates).route_and_seal(mid, actor="operator") is State.QUEUED
+    assert [t.to_state for t in await store.timeline(mid)] == [State.RECEIVED, State.HELD, State.QUEUED]
+
+
+async def test_ended_municipality_is_held_with_its_successor_never_rerouted(config, secrets, store, validation,
+                                                                           certificates):
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    await take(config, store, validation, "ended.xml", re.sub(rb">0599<", b">0003<", data))
+    assert await make_sealer(config, secrets, store, certificates).route_and_seal(mid) is State.HELD
+    record = await store.get(mid)
+    assert record.successor == "1979" and "ended on 2021-01-01" in record.reason and "1979" in record.reason
+    assert record.transport is None
+
+
+async def test_unusable_recipient_certificate_holds(setup, config, secrets, store, validation, certificates):
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    await take(config, store, validation, "a.xml", data)
+    expired = x509.load_pem_x509_certificate((setup / "keys" / "parties" / "TEST-EXPIRED" / "cert.pem").read_bytes())
+    assert await make_sealer(config, secrets, store, dict(certificates, **{"0599": expired})).route_and_seal(mid) \
+        is State.HELD
+    assert "cannot be used" in (await store.get(mid)).reason and "expired" in (await store.get(mid)).reason.lower()
+
+
+async def test_platform_route_is_held_until_that_transport_exists(config, secrets, store, validation, certificates):
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    await take(config, store, validation, "a.xml", data)
+    routes = dict(config.routes)
+    routes["0599"] = dataclasses.replace(routes["0599"], transport="platform", address="https://platform.example.nl/as2")
+    assert await make_sealer(config, secrets, store, certificates, routes=routes).route_and_seal(mid) is State.HELD
+    assert "'platform'" in (await store.get(mid)).reason
