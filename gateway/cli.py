@@ -204,5 +204,57 @@ def open_command(
         sys.stdout.buffer.write(opened.xml)
 
 
+@app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="An empty or missing folder for the local set-up.")],
+    party: Annotated[str, typer.Option(help="The own party: a development PI code or municipality code.")] = "PI-VUGHT",
+    smtp: Annotated[str, typer.Option(help="The SMTP relay as HOST:PORT (STARTTLS is always required).")] = "127.0.0.1:587",
+    imap: Annotated[str, typer.Option(help="The IMAP server of the own mailbox as HOST:PORT (implicit TLS).")] = "127.0.0.1:993",
+    relay_ca: Annotated[Optional[Path], typer.Option(help="PEM of the CA that signed the relay's and IMAP server's certificates.")] = None,
+) -> None:
+    """Write a complete local set-up (folders, development PKI, configuration, routes) that `run` accepts as is."""
+    from gateway.config import ConfigError
+    from gateway.setup_local import init_local
+
+    try:
+        config = init_local(folder, party=party, smtp=_host_port(smtp, "--smtp"), imap=_host_port(imap, "--imap"),
+                            relay_ca=relay_ca)
+    except (ConfigError, ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    typer.echo(f"local set-up written to {folder}\n  configuration: {config}\n"
+               f"  start it with: nazorg-gateway run -c {config}")
+
+
+def _host_port(value: str, option: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise typer.BadParameter(f"{option} must be HOST:PORT, not {value!r}")
+    return host, int(port)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("-c", "--config", help="The gateway's TOML configuration.")],
+) -> None:
+    """Run the gateway: pick up, validate, seal, send, and match receipts, until SIGTERM or SIGINT."""
+    from gateway import logs
+    from gateway.config import ConfigError, load_config
+    from gateway.pipeline.daemon import run as run_daemon
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    logs.configure(cfg.log_level)
+    try:
+        code = run_daemon(cfg)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,175 @@
+"""The dispatcher: claims due messages from the store and hands them to their transport.
+
+A bounded number of deliveries run at once (`workers`), at most
+`max_concurrency` per destination; the store hands out due work by priority
+(release notices first). Every attempt is claimed with a lease before the
+first byte leaves, and its outcome committed before anything else happens:
+- handed over (SMTP 250)          → `sent`
+- temporary (4xx, timeout, down)  → `retry_wait`, exponential backoff with jitter, until `give_up_after`
+- permanent (5xx)                 → `failed`, operator alerted
+- security (no TLS, bad cert, auth refused) → `held`: never downgraded, never retried blindly
+A crash leaves the lease, which expires and puts the message back in the queue:
+it is then sent again with the same message id (receivers drop duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta, timezone
+
+import structlog
+
+from gateway.pipeline.transports import Permanent, Security, Temporary, Transport
+from gateway.store import MessageRecord, StaleState, State, Store
+
+log = structlog.get_logger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, *, store: Store, transports: Mapping[str, Transport], retry, workers: int,
+                 per_destination: Mapping[str, int], default_per_destination: int, lease: timedelta,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc), rng: random.Random | None = None):
+        self.store = store
+        self.transports = transports
+        self.retry = retry
+        self.workers = max(1, workers)
+        self.per_destination = per_destination
+        self.default_per_destination = max(1, default_per_destination)
+        self.lease = lease
+        self.owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task] = {}
+        self._by_destination: Counter[str] = Counter()
+
+    def wake(self) -> None:
+        """New work may be due (called by the sealer and by operators)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event, *, drain_timeout: float = 30.0) -> None:
+        released = await self.store.release_expired_leases()
+        if released:
+            log.warning("leases-expired", count=len(released), message_ids=released[:20])
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                await self._claim_and_start()
+                await self._sleep(stopping)
+                if len(self._running) < self.workers:
+                    for mid in await self.store.release_expired_leases():
+                        log.warning("lease-expired", message_id=mid)
+        finally:
+            stopping.cancel()
+            await self._drain(drain_timeout)
+
+    async def _sleep(self, stopping: asyncio.Task) -> None:
+        timeout = 5.0
+        if len(self._running) < self.workers:
+            due = await self.store.next_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, (due - self._clock()).total_seconds()))
+        self._wake.clear()
+        waking = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({waking, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waking.cancel()
+
+    async def _claim_and_start(self) -> None:
+        while len(self._running) < self.workers:
+            full = {d for d, n in self._by_destination.items() if n >= self._limit(d)}
+            claimed = await self.store.claim(owner=self.owner, limit=self.workers - len(self._running),
+                                             lease=self.lease, exclude_destinations=full)
+            if not claimed:
+                return
+            for record in claimed:
+                self._by_destination[record.recipient] += 1
+                task = asyncio.create_task(self._deliver(record), name=f"deliver-{record.message_id}")
+                self._running[record.message_id] = task
+                task.add_done_callback(lambda t, r=record: self._done(r))
+            # a claim may hand out more for one destination than its limit allows when it had
+            # none running: the next round excludes it
+
+    def _limit(self, destination: str) -> int:
+        return self.per_destination.get(destination.split(":", 1)[-1], self.default_per_destination)
+
+    def _done(self, record: MessageRecord) -> None:
+        self._running.pop(record.message_id, None)
+        self._by_destination[record.recipient] -= 1
+        if self._by_destination[record.recipient] <= 0:
+            del self._by_destination[record.recipient]
+        self._wake.set()
+
+    async def _deliver(self, record: MessageRecord) -> None:
+        log_ = log.bind(message_id=record.message_id, type=record.type, recipient=record.recipient,
+                        attempt=record.attempts, transport=record.transport)
+        transport = self.transports.get(record.transport or "")
+        if transport is None:
+            await self._settle(record, State.HELD, f"transport {record.transport!r} is not available", log_)
+            return
+        try:
+            entity = await self.store.sealed(record.message_id)
+            handed = await transport.send(message_id=record.message_id, message_type=record.type,
+                                          address=record.address, entity=entity)
+        except Temporary as e:
+            await self._retry_or_fail(record, e.reason, e.remote_reply, log_)
+        except Permanent as e:
+            await self._settle(record, State.FAILED, f"refused permanently: {e.reason}", log_, e.remote_reply)
+        except Security as e:
+            await self._settle(record, State.HELD, f"security failure, nothing sent: {e.reason}", log_, e.remote_reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must not lose the message: back to the queue after a pause
+            log_.exception("delivery-error")
+            await self._retry_or_fail(record, f"internal error while sending ({type(e).__name__})", None, log_)
+        else:
+            await self._settle(record, State.SENT, "the next hop accepted the message", log_, handed.remote_reply,
+                               mail_message_id=handed.transport_id)
+
+    async def _retry_or_fail(self, record: MessageRecord, reason: str, reply: str | None, log_) -> None:
+        now = self._clock()
+        if now - record.received_at >= self.retry.give_up_after:
+            await self._settle(record, State.FAILED, f"gave up after {record.attempts} attempts over "
+                                                     f"{_days(now - record.received_at)}: {reason}", log_, reply)
+            return
+        delay = self.retry.delay(record.attempts, self._rng)
+        await self._settle(record, State.RETRY_WAIT, f"temporary failure, next attempt in {_span(delay)}: {reason}",
+                           log_, reply, next_attempt_at=now + delay)
+
+    async def _settle(self, record: MessageRecord, state: State, reason: str, log_, reply: str | None = None,
+                      **fields) -> None:
+        try:
+            await self.store.transition(record.message_id, state, reason=reason, actor=self.owner,
+                                        expect=[State.SENDING], attempt=record.attempts, remote_reply=reply, **fields)
+        except StaleState:
+            log_.warning("outcome-not-recorded", state=state.value, why="the message left 'sending' meanwhile")
+            return
+        level = {State.SENT: "info", State.RETRY_WAIT: "warning"}.get(state, "error")
+        getattr(log_, level)(state.value, reason=reason, remote_reply=reply,
+                             **({"alert": True} if state in (State.FAILED, State.HELD) else {}))
+
+    async def _drain(self, timeout: float) -> None:
+        """Graceful stop: let running deliveries finish for `timeout`, then cancel and release them."""
+        if self._running:
+            await asyncio.wait(list(self._running.values()), timeout=timeout)
+        for task in list(self._running.values()):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+        released = await self.store.release_owned(self.owner)
+        if released:
+            log.info("released-on-stop", count=len(released))
+
+
+def _span(delay: timedelta) -> str:
+    seconds = delay.total_seconds()
+    return f"{int(seconds) // 60} min {int(seconds) % 60} s" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def _days(span: timedelta) -> str:
+    return f"{span.total_seconds() / 86400:.1f} days"

@@ -1,0 +1,141 @@
+"""The receipt matcher: what arrives in the party's mailbox, matched to the messages it concerns.
+
+- DSN (RFC 3464, from the mail servers): `delivered` → state delivered;
+  `failed` → failed with the remote reason; `delayed`/`relayed` → noted.
+  Matched by ENVID (our message id), else by the returned Message-ID.
+- Signed MDN (RFC 8098, from the recipient): verified (signature, chain,
+  signer bound to the recipient's address) and its MIC compared with what
+  was sealed → acknowledged; a mismatch or missing MIC is an integrity alert
+  and proves nothing; `processed/error` means the recipient could not use it
+  → failed with its reason code.
+- Unsigned MDN (a mail client's read receipt): recorded, proves nothing.
+Every mail is then moved to the processed or unrecognised folder (never
+deleted). Handling is idempotent: a mail seen twice (after a crash between
+handling and moving) changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+
+import structlog
+
+from adapters.imap import FetchedMail
+from adapters.smtp import DsnError, parse_dsn
+from gateway.crypto.errors import CryptoError, MalformedMessage
+from gateway.crypto.receipts import ReceiptVerdict, check_receipt, parse_mdn
+from gateway.crypto.trust import PartyBinding, TrustStore
+from gateway.store import MessageRecord, StaleState, State, Store
+
+log = structlog.get_logger(__name__)
+
+
+class ReceiptMatcher:
+    def __init__(self, *, store: Store, trust: TrustStore, processed_folder: str, unrecognised_folder: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+        self.store = store
+        self.trust = trust
+        self.processed = processed_folder
+        self.unrecognised = unrecognised_folder
+        self._clock = clock
+
+    async def handle(self, mail: FetchedMail) -> str:
+        """The folder the mail goes to, after its effect is committed."""
+        try:
+            dsn = parse_dsn(mail.data)
+        except DsnError as e:
+            log.warning("mail-unrecognised", uid=mail.uid, why=f"broken delivery report: {e}")
+            return self.unrecognised
+        if dsn is not None:
+            return await self._dsn(mail, dsn)
+        return await self._mdn(mail)
+
+    # -- delivery status notifications ------------------------------------------------------------
+
+    async def _dsn(self, mail: FetchedMail, dsn) -> str:
+        record = await self._find(dsn.envid, dsn.original_message_id)
+        if record is None:
+            log.warning("dsn-unmatched", uid=mail.uid, envid=dsn.envid)
+            return self.unrecognised
+        for r in dsn.recipients:
+            detail = " ".join(x for x in (r.status, r.diagnostic) if x) or r.action
+            await self.store.add_receipt(record.message_id, kind="dsn", verdict=r.action, detail=detail[:500])
+            if r.action == "delivered":
+                await self._move(record, State.DELIVERED, [State.SENT],
+                                 f"delivered to the recipient's mailbox ({r.status or 'no status'}, "
+                                 f"reported by {dsn.reporting_mta or 'the mail server'})", detail)
+            elif r.action == "failed":
+                await self._move(record, State.FAILED, [State.SENT, State.DELIVERED],
+                                 f"the mail server could not deliver it: {detail}", detail, alert=True)
+            else:
+                log.warning("dsn-" + r.action, message_id=record.message_id, recipient=record.recipient,
+                            status=r.status)
+        return self.processed
+
+    # -- message disposition notifications --------------------------------------------------------
+
+    async def _mdn(self, mail: FetchedMail) -> str:
+        try:
+            receipt = parse_mdn(mail.data, self.trust, at=self._clock(), allow_unsigned=True)
+        except MalformedMessage as e:
+            log.warning("mail-unrecognised", uid=mail.uid, why=str(e))
+            return self.unrecognised
+        except CryptoError as e:
+            log.error("receipt-unverifiable", uid=mail.uid, error=type(e).__name__, why=str(e), alert=True)
+            return self.unrecognised
+        record = await self._find(None, receipt.original_message_id)
+        if record is None:
+            log.warning("mdn-unmatched", uid=mail.uid)
+            return self.unrecognised
+        if receipt.signer is None:
+            await self.store.add_receipt(record.message_id, kind="unsigned-mdn", verdict=receipt.disposition,
+                                         detail="an unsigned receipt (read receipt of a mail client): proves nothing")
+            log.info("unsigned-mdn", message_id=record.message_id, disposition=receipt.disposition)
+            return self.processed
+        bound = PartyBinding(email=record.address).mismatches(receipt.signer) if record.address else []
+        if bound:
+            await self.store.add_receipt(record.message_id, kind="mdn", verdict="wrong-signer",
+                                         detail="the receipt is signed by a certificate of another party")
+            log.error("receipt-wrong-signer", message_id=record.message_id, recipient=record.recipient, alert=True)
+            return self.processed
+        check = check_receipt(receipt, message_id=receipt.original_message_id, sealed_mic=record.mic)
+        await self.store.add_receipt(record.message_id, kind="mdn", verdict=check.verdict.value, detail=check.reason)
+        if check.ok:
+            await self._move(record, State.ACKNOWLEDGED, [State.SENT, State.DELIVERED],
+                             "signed receipt: processed, MIC matches", None)
+        elif check.verdict is ReceiptVerdict.NOT_PROCESSED:
+            await self._move(record, State.FAILED, [State.SENT, State.DELIVERED], check.reason, None, alert=True)
+        else:
+            log.error("receipt-integrity", message_id=record.message_id, verdict=check.verdict.value,
+                      reason=check.reason, alert=True)
+            await self.store.audit(action="receipt-check", object=record.message_id, result=check.verdict.value,
+                                   origin="imap", actor="receipt-matcher")
+        return self.processed
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    async def _find(self, envid: str | None, mail_message_id: str | None) -> MessageRecord | None:
+        if envid:
+            record = await self.store.get(envid)
+            if record is not None:
+                return record
+        if mail_message_id:
+            bare = mail_message_id.strip().strip("<>").strip()
+            return await self.store.by_mail_message_id(f"<{bare}>")
+        return None
+
+    async def _move(self, record: MessageRecord, state: State, expect: list[State], reason: str,
+                    reply: str | None, *, alert: bool = False) -> None:
+        current = await self.store.get(record.message_id)
+        if current is None or current.state is state:
+            return
+        try:
+            await self.store.transition(record.message_id, state, reason=reason, actor="receipt-matcher",
+                                        expect=expect, remote_reply=reply)
+        except StaleState:
+            log.info("receipt-late", message_id=record.message_id, state=current.state.value, would_be=state.value)
+            return
+        (log.error if alert else log.info)(state.value, message_id=record.message_id, type=record.type,
+                                           recipient=record.recipient, reason=reason,
+                                           **({"alert": True} if alert else {}))

@@ -1,0 +1,126 @@
+"""Running the gateway against the private mail servers: a set-up wired to them, in-process or as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from gateway.config import GatewayConfig, load_config
+from gateway.crypto.identity import Identity, load_pem_identity
+from gateway.pipeline.daemon import Gateway
+from gateway.setup_local import init_local
+from gateway.store import State, Store
+from mailservers import MailServers
+
+FAST = {
+    # quick retries and pick-up for tests; a lease just over the SMTP timeout, so a killed daemon's
+    # messages come back within seconds
+    'first_delay = "5m"': 'first_delay = "1s"',
+    'max_delay = "4000s"': 'max_delay = "2s"',
+    "[limits]\nworkers = 4": '[limits]\nworkers = 4\nstable_after = 0.05\nrescan_interval = 1.0\nlease = "11s"',
+    'password_file = "secrets/smtp-password"': 'password_file = "secrets/smtp-password"\ntimeout = 5',
+}
+
+
+def make_setup(folder: Path, servers: MailServers, passwords: dict[str, str], *, template: Path | None = None,
+               smtp_port: int | None = None, edits: dict[str, str] | None = None) -> Path:
+    """`init` pointed at `servers` (or at `smtp_port` on loopback), with the PI's mailbox passwords."""
+    if template is not None:
+        shutil.copytree(template, folder, symlinks=True)
+    else:
+        init_local(folder, smtp=(servers.smtp_host, servers.smtp_port), imap=(servers.imap_host, servers.imap_port),
+                   relay_ca=servers.ca_pem)
+    config_path = folder / "gateway.toml"
+    text = config_path.read_text()
+    text = re.sub(r'(\[smtp\]\nhost = "[^"]*"\nport = )\d+', rf"\g<1>{smtp_port or servers.smtp_port}", text)
+    text = re.sub(r'(\[imap\]\nhost = "[^"]*"\nport = )\d+', rf"\g<1>{servers.imap_port}", text)
+    for old, new in {**(FAST if template is None else {}), **(edits or {})}.items():
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    config_path.write_text(text)
+    pi_email = re.search(r'\[party\][^\[]*email = "([^"]+)"', text).group(1)
+    for name in ("smtp-password", "imap-password"):
+        (folder / "secrets" / name).write_text(passwords[pi_email] + "\n")
+    return config_path
+
+
+def identity(setup: Path, code: str) -> Identity:
+    folder = setup / "keys" / "parties" / code
+    return load_pem_identity(folder / "key.pem", folder / "cert.pem", folder / "chain.pem")
+
+
+@asynccontextmanager
+async def running(config: GatewayConfig):
+    """The gateway as a task of this event loop; stopped gracefully on exit."""
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run())
+    try:
+        while gateway.dispatcher is None and not task.done():
+            await asyncio.sleep(0.02)
+        if task.done():
+            task.result()
+        yield gateway
+    finally:
+        gateway.stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+async def wait_for_states(store: Store, ids, states, timeout: float = 60.0) -> dict[str, State]:
+    """Until every message of `ids` is in one of `states`; returns the states (fails with them on timeout)."""
+    wanted = {State(s) for s in states}
+    deadline = time.monotonic() + timeout
+    while True:
+        now = {mid: (await store.get(mid)) for mid in ids}
+        seen = {mid: (r.state if r else None) for mid, r in now.items()}
+        if all(s in wanted for s in seen.values()):
+            return seen
+        if time.monotonic() > deadline:
+            detail = {mid: (r.state.value, r.reason) if r else None for mid, r in now.items()}
+            raise AssertionError(f"not all in {sorted(s.value for s in wanted)} after {timeout} s: {detail}")
+        await asyncio.sleep(0.1)
+
+
+def drop(outbox: Path, name: str, data: bytes) -> None:
+    tmp = outbox / f"{name}.tmp"
+    tmp.write_bytes(data)
+    os.rename(tmp, outbox / name)
+
+
+class DaemonProcess:
+    """`nazorg-gateway run -c CONFIG` as a child process (for kill tests)."""
+
+    def __init__(self, config_path: Path, log_path: Path):
+        self.config_path = config_path
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+                                     stdout=log, stderr=log, start_new_session=True)
+        log.close()
+
+    def kill(self) -> None:
+        """SIGKILL the daemon and its validation workers (its whole session)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+def open_config(path: Path) -> GatewayConfig:
+    cfg = load_config(path)
+    cfg.folders.create()
+    cfg.store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    return cfg
