@@ -1,0 +1,75 @@
+"""The daemon SIGKILLed at random moments during a batch, and restarted: every message is delivered to its
+entitled municipality, none is lost, and every copy a receiver got carries the message's one Message-ID."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import random
+import time
+
+from dropped import OWN_EXAMPLES, example, with_new_id
+from e2e_gateway import DaemonProcess, drop, make_setup, open_config, wait_for_states
+from gateway.store import State, Store
+
+ROUNDS = 4
+BATCH = 24
+
+
+async def test_random_kills_lose_nothing_and_never_change_a_message_id(tmp_path, mail_servers, mail_users):
+    rng = random.Random(20261129)
+    config_path = make_setup(tmp_path / "gw", mail_servers, mail_users)
+    cfg = open_config(config_path)
+    daemon = DaemonProcess(config_path, tmp_path / "daemon.log")
+    names = list(OWN_EXAMPLES)
+    dropped: dict[str, str] = {}  # message id -> recipient
+    bodies: dict[str, bytes] = {}
+    for i in range(BATCH):
+        name = names[i % len(names)]
+        bodies_data, mid = with_new_id(example(name))
+        dropped[mid], bodies[mid] = OWN_EXAMPLES[name], bodies_data
+    pending = list(dropped)
+    kills = 0
+    try:
+        for round_ in range(ROUNDS):
+            daemon.start()
+            # drop a share of the batch while it starts and works, then kill it at a random moment
+            share = pending[: len(dropped) // ROUNDS + (1 if round_ < len(dropped) % ROUNDS else 0)]
+            pending = pending[len(share):]
+            for mid in share:
+                drop(cfg.folders.outbox, f"{mid}.xml", bodies[mid])
+                time.sleep(rng.uniform(0.0, 0.05))
+            time.sleep(rng.uniform(0.3, 2.5))
+            daemon.kill()
+            kills += 1
+        for mid in pending:
+            drop(cfg.folders.outbox, f"{mid}.xml", bodies[mid])
+        daemon.start()
+        store = await Store.open(cfg.store.url)
+        try:
+            # a killed delivery waits for its lease (11 s here) before it is sent again
+            states = await wait_for_states(store, dropped, [State.DELIVERED], timeout=120)
+            assert set(states.values()) == {State.DELIVERED}
+            records = {mid: await store.get(mid) for mid in dropped}
+        finally:
+            await store.close()
+        assert daemon.terminate() == 0, "SIGTERM stops the daemon cleanly (exit 0)"
+    finally:
+        daemon.kill()
+    log = (tmp_path / "daemon.log").read_text()
+    assert kills == ROUNDS and log.count('"event": "stopped"') == 1, "only the last run stopped by itself"
+
+    assert [p.name for p in cfg.folders.outbox.iterdir() if p.is_file()] == []
+    assert list(cfg.folders.rejected.iterdir()) == [], "nothing dropped twice or refused"
+    # what the receivers got: per message, one or more copies, all with the same Message-ID, at the right party
+    copies: dict[str, list[tuple[str, str]]] = {}
+    for code in {r.split(":")[1] for r in dropped.values()}:
+        for raw in mail_servers.messages(f"nazorg@gemeente-{code}.example.nl", folder=None):
+            mail = email.message_from_bytes(raw)
+            copies.setdefault(mail["X-Nazorg-Message-Id"], []).append((code, mail["Message-ID"]))
+    for mid, recipient in dropped.items():
+        got = copies.get(mid)
+        assert got, f"{mid} never arrived"
+        assert {code for code, _ in got} == {recipient.split(":")[1]}
+        assert {m for _, m in got} == {f"<{mid}@pi-vught.example.nl>"} == {records[mid].mail_message_id}
+    assert set(copies) <= set(dropped)
