@@ -83,8 +83,14 @@ class Dispatcher:
     async def _claim_and_start(self) -> None:
         while len(self._running) < self.workers:
             full = {d for d, n in self._by_destination.items() if n >= self._limit(d)}
-            claimed = await self.store.claim(owner=self.owner, limit=self.workers - len(self._running),
-                                             lease=self.lease, exclude_destinations=full)
+            # one claim must not hand out more for a destination than it has room for: claim no
+            # more at once than the smallest room left anywhere (usually 1-2; each claim is one commit)
+            room = [self._limit(d) - n for d, n in self._by_destination.items() if d not in full]
+            room += [n for code, n in self.per_destination.items() if f"gemeente:{code}" not in self._by_destination
+                     and f"pi:{code}" not in self._by_destination]
+            batch = max(1, min([self.workers - len(self._running), self.default_per_destination, *room]))
+            claimed = await self.store.claim(owner=self.owner, limit=batch, lease=self.lease,
+                                             exclude_destinations=full)
             if not claimed:
                 return
             for record in claimed:
@@ -92,8 +98,6 @@ class Dispatcher:
                 task = asyncio.create_task(self._deliver(record), name=f"deliver-{record.message_id}")
                 self._running[record.message_id] = task
                 task.add_done_callback(lambda t, r=record: self._done(r))
-            # a claim may hand out more for one destination than its limit allows when it had
-            # none running: the next round excludes it
 
     def _limit(self, destination: str) -> int:
         return self.per_destination.get(destination.split(":", 1)[-1], self.default_per_destination)
