@@ -703,8 +703,10 @@ protocol lmtp {{
 
     # -- mailboxes ------------------------------------------------------------------------------
     def messages(self, address: str, folder: str | None = "INBOX") -> list[bytes]:
-        """Raw mails in `address`'s Maildir, oldest first: INBOX by default, one folder by its
-        IMAP name ("Done", "Receipts/DSN"), or every folder with `folder=None`."""
+        """Raw mails in `address`'s Maildir (LF line ends, as Dovecot stores them), in order of
+        arrival (Postfix delivers over parallel LMTP sessions: not always the order of submission):
+        INBOX by default, one folder by its IMAP name ("Done", "Receipts/DSN"), or every folder
+        with `folder=None`."""
         maildir = self._home(address) / "Maildir"
         if folder is None:
             roots = [maildir] + sorted(p for p in maildir.glob(".*") if p.is_dir())

@@ -1,0 +1,255 @@
+"""The IMAP adapter against a real Dovecot (tests/mailservers.py): TLS, login, fetch, move, IDLE,
+polling without IDLE/MOVE, and the watcher through handler failures and a server restart."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+import time
+
+import pytest
+import structlog
+
+from adapters.imap import FetchedMail, Mailbox, MailboxError, MailboxSettings, watch_mailbox
+from mailservers import MailServers, free_port
+
+DOMAIN = "pi-vught.example.nl"
+SENDER = f"nazorg@{DOMAIN}"
+USERS = {SENDER: "pw-sender", **{f"box{i}@{DOMAIN}": f"pw-{i}" for i in range(12)}}
+_free_boxes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def servers():
+    with MailServers.temporary(USERS, [DOMAIN]) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def plain_servers():
+    """A Dovecot that announces neither MOVE nor IDLE after login (it still knows them)."""
+    with MailServers.temporary(USERS, [DOMAIN],
+                               dovecot_settings="imap_capability = IMAP4rev1 LITERAL+ UIDPLUS\n") as pair:
+        yield pair
+
+
+@pytest.fixture
+def box() -> str:
+    """A mailbox no other test of this module touches."""
+    return f"box{next(_free_boxes)}@{DOMAIN}"
+
+
+def settings(servers: MailServers, user: str, **overrides) -> MailboxSettings:
+    values = dict(host=servers.imap_host, port=servers.imap_port, username=user, password=USERS[user],
+                  ssl_context=servers.ssl_context(), timeout=5.0, poll_interval=0.2)
+    values.update(overrides)
+    return MailboxSettings(**values)
+
+
+def mail(subject: str, to: str) -> bytes:
+    return (f"From: {SENDER}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: <{subject}.{time.time_ns()}@test>"
+            f"\r\n\r\nbody {subject}\r\n").encode()
+
+
+def deliver(servers: MailServers, to: str, *subjects: str) -> None:
+    """Submit through the relay and wait until INBOX holds them (not while a watcher empties it)."""
+    before = len(servers.messages(to))
+    for subject in subjects:
+        servers.deliver(SENDER, to, mail(subject, to))
+    servers.wait_for_messages(to, before + len(subjects))
+
+
+async def test_fetch_all_returns_every_message_as_stored_by_uid(servers, box):
+    deliver(servers, box, "one", "two", "three")
+    mailbox = Mailbox(settings(servers, box))
+    await mailbox.connect()
+    try:
+        fetched = await mailbox.fetch_all()
+    finally:
+        await mailbox.close()
+    assert [m.uid for m in fetched] == sorted(m.uid for m in fetched) and len(fetched) == 3
+    # Dovecot keeps LF on disk and serves CRLF: the same bytes otherwise (parallel LMTP deliveries
+    # make the order of UIDs and of file names differ at times)
+    assert sorted(m.data.replace(b"\r\n", b"\n") for m in fetched) == sorted(m.replace(b"\r\n", b"\n")
+                                                                         for m in servers.messages(box))
+    [one] = [m for m in fetched if b"Subject: one\r\n" in m.data]
+    assert one.data.endswith(b"\r\n\r\nbody one\r\n")
+    assert "body" not in repr(fetched[0])
+
+
+async def test_move_creates_the_folder_and_the_mail_lands_there(servers, box):
+    deliver(servers, box, "keep", "receipt-1", "receipt-2")
+    mailbox = Mailbox(settings(servers, box))
+    await mailbox.connect()
+    try:
+        by_subject = {m.data.split(b"Subject: ")[1].split(b"\r\n")[0]: m for m in await mailbox.fetch_all()}
+        keep, first, second = by_subject[b"keep"], by_subject[b"receipt-1"], by_subject[b"receipt-2"]
+        await mailbox.move(first.uid, "Receipts/DSN")  # does not exist yet
+        await mailbox.move(second.uid, "Receipts/DSN")  # exists now
+        await mailbox.move(second.uid, "Receipts/DSN")  # already gone: nothing happens
+        assert [m.uid for m in await mailbox.fetch_all()] == [keep.uid]
+        assert await mailbox.fetch(first.uid) is None
+    finally:
+        await mailbox.close()
+    moved = servers.messages(box, "Receipts/DSN")
+    assert sorted(m.split(b"Subject: ")[1][:9] for m in moved) == [b"receipt-1", b"receipt-2"]
+    assert len(servers.messages(box)) == 1 and b"Subject: keep" in servers.messages(box)[0]
+
+
+async def test_connect_creates_no_mailbox(servers, box):
+    mailbox = Mailbox(settings(servers, box, mailbox="Not-There"))
+    with pytest.raises(MailboxError) as failure:
+        await mailbox.connect()
+    assert failure.value.kind == "mailbox" and "'Not-There'" in str(failure.value)
+    check = Mailbox(settings(servers, box, mailbox="Not-There"))
+    with pytest.raises(MailboxError):  # still not there: the first attempt created nothing
+        await check.connect()
+
+
+async def test_wrong_password_is_a_clear_error_without_the_password(servers, box):
+    mailbox = Mailbox(settings(servers, box, password="Sesame-123"))
+    with pytest.raises(MailboxError) as failure:
+        await mailbox.connect()
+    assert failure.value.kind == "login" and "login refused" in str(failure.value)
+    assert "Sesame-123" not in str(failure.value) and "Sesame-123" not in repr(mailbox.settings)
+
+
+async def test_untrusted_server_certificate_is_a_tls_error(servers, box):
+    mailbox = Mailbox(settings(servers, box, ssl_context=ssl.create_default_context()))
+    with pytest.raises(MailboxError) as failure:
+        await mailbox.connect()
+    assert failure.value.kind == "tls" and "TLS" in str(failure.value)
+    assert "certificate" in str(failure.value)
+
+
+async def test_nothing_listening_is_a_connect_error(servers, box):
+    mailbox = Mailbox(settings(servers, box, port=free_port()))
+    with pytest.raises(MailboxError) as failure:
+        await mailbox.connect()
+    assert failure.value.kind == "connect"
+
+
+async def test_idle_wakes_up_soon_after_a_delivery(servers, box):
+    mailbox = Mailbox(settings(servers, box))
+    await mailbox.connect()
+    try:
+        assert await mailbox.fetch_all() == []
+        t0 = time.monotonic()
+        assert await mailbox.wait_for_change(0.3) is False  # nothing came
+        assert 0.25 < time.monotonic() - t0 < 1.5
+        waiting = asyncio.ensure_future(mailbox.wait_for_change(10))
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        await asyncio.to_thread(servers.deliver, SENDER, box, mail("pushed", box))
+        assert await waiting is True
+        woke = time.monotonic() - t0
+        assert woke < 2.0
+        [fetched] = await mailbox.fetch_all()
+        assert b"Subject: pushed" in fetched.data
+        print(f"\nIDLE woke {woke:.3f} s after submission to the relay")
+    finally:
+        await mailbox.close()
+
+
+async def test_mail_reported_during_other_commands_wakes_the_next_wait(servers, box):
+    """EXISTS riding on the answer to another command (aioimaplib drops those) still counts."""
+    deliver(servers, box, "first")
+    mailbox = Mailbox(settings(servers, box))
+    await mailbox.connect()
+    try:
+        [first] = await mailbox.fetch_all()
+        deliver(servers, box, "second")
+        await mailbox.move(first.uid, "Done")  # Dovecot reports the new mail with this answer
+        t0 = time.monotonic()
+        assert await mailbox.wait_for_change(5) is True
+        assert time.monotonic() - t0 < 0.5
+        assert len(await mailbox.fetch_all()) == 1
+    finally:
+        await mailbox.close()
+
+
+async def test_without_move_and_idle_it_copies_expunges_and_polls(plain_servers, box):
+    deliver(plain_servers, box, "old")
+    mailbox = Mailbox(settings(plain_servers, box, poll_interval=0.1))
+    await mailbox.connect()
+    try:
+        assert "MOVE" not in mailbox.capabilities and "IDLE" not in mailbox.capabilities
+        [old] = await mailbox.fetch_all()
+        await mailbox.move(old.uid, "Archive")
+        assert await mailbox.fetch_all() == []
+        assert len(plain_servers.messages(box, "Archive")) == 1 and plain_servers.messages(box) == []
+        waiting = asyncio.ensure_future(mailbox.wait_for_change(10))
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        await asyncio.to_thread(plain_servers.deliver, SENDER, box, mail("polled", box))
+        assert await waiting is True
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        await mailbox.close()
+
+
+async def _until(condition, timeout: float = 8.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_watcher_moves_handled_mail_and_leaves_the_rest(servers, box):
+    seen: list[bytes] = []
+
+    async def handle(fetched: FetchedMail) -> str | None:
+        subject = next(line for line in fetched.data.splitlines() if line.startswith(b"Subject: "))
+        seen.append(subject)
+        if b"boom" in subject:
+            raise RuntimeError("handler bug " + fetched.data.decode())  # its text must not be logged
+        return "Done" if b"move-me" in subject else None
+
+    deliver(servers, box, "move-me", "keep-me", "boom")
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        watcher = asyncio.create_task(watch_mailbox(settings(servers, box), handle, stop))
+        await _until(lambda: len(servers.messages(box, "Done")) == 1)
+        await _until(lambda: seen.count(b"Subject: keep-me") >= 2)  # offered again on the next rescan
+        assert not watcher.done()
+        servers.deliver(SENDER, box, mail("move-me-too", box))  # not `deliver`: the watcher empties INBOX
+        await _until(lambda: len(servers.messages(box, "Done")) == 2)
+        stop.set()
+        await asyncio.wait_for(watcher, 3)
+    inbox = servers.messages(box)
+    assert len(inbox) == 2 and any(b"keep-me" in m for m in inbox) and any(b"boom" in m for m in inbox)
+    failures = [e for e in logs if e["event"] == "imap.handler_failed"]
+    assert failures and failures[0]["error"] == "RuntimeError"
+    assert not any("body" in repr(e) or "Subject" in repr(e) for e in logs)
+    assert [e["folder"] for e in logs if e["event"] == "imap.moved"] == ["Done", "Done"]
+
+
+async def test_watcher_survives_a_server_restart(servers, box):
+    handled: list[int] = []
+
+    async def handle(fetched: FetchedMail) -> str:
+        handled.append(fetched.uid)
+        return "Done"
+
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        watcher = asyncio.create_task(watch_mailbox(settings(servers, box, poll_interval=5.0), handle, stop,
+                                                    reconnect_delay=(0.05, 0.2)))
+        servers.deliver(SENDER, box, mail("before", box))
+        await _until(lambda: len(servers.messages(box, "Done")) == 1)
+        await asyncio.to_thread(servers.stop_imap)
+        await asyncio.sleep(0.5)  # a few refused reconnects
+        await asyncio.to_thread(servers.start_imap)
+        t0 = time.monotonic()
+        await asyncio.to_thread(servers.deliver, SENDER, box, mail("after", box))
+        await _until(lambda: len(servers.messages(box, "Done")) == 2)
+        print(f"\nafter the restart, handled {time.monotonic() - t0:.3f} s after submission")
+        assert not watcher.done()
+        stop.set()
+        await asyncio.wait_for(watcher, 3)
+    events = [e["event"] for e in logs]
+    assert events.count("imap.connected") >= 2
+    kinds = {e["kind"] for e in logs if e["event"] == "imap.disconnected"}
+    assert "connection_lost" in kinds and "connect" in kinds
+    assert len(handled) == 2
