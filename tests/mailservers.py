@@ -154,20 +154,25 @@ class MailTLS:
 
 # -- the watchdog -------------------------------------------------------------------------------
 
-# Reads "track PGID" / "untrack PGID" / "exit" lines on stdin. At end of file (the parent died or
-# closed the pipe without "exit") it SIGKILLs every tracked process group. Own session: a Ctrl-C
-# to the test runner must not reach it before the runner has stopped the servers itself.
+# Reads "track PGID" / "untrack PGID" / "remove FOLDER" / "exit" lines on stdin. At end of file
+# (the parent died or closed the pipe without "exit") it SIGKILLs every tracked process group and
+# removes the folders. Own session: a Ctrl-C to the test runner must not reach it before the
+# runner has stopped the servers itself.
 _WATCHDOG = r"""
-import os, signal, sys
-groups = set()
+import os, shutil, signal, sys, time
+groups, folders = set(), []
 for line in sys.stdin:
-    cmd, _, arg = line.strip().partition(" ")
+    cmd, _, arg = line.rstrip("\n").partition(" ")
     if cmd == "track": groups.add(int(arg))
     elif cmd == "untrack": groups.discard(int(arg))
+    elif cmd == "remove": folders.append(arg)
     elif cmd == "exit": sys.exit(0)
 for g in groups:
     try: os.killpg(g, signal.SIGKILL)
     except OSError: pass
+time.sleep(0.2)  # let the killed daemons close their files
+for f in folders:
+    shutil.rmtree(f, ignore_errors=True)
 """
 
 
@@ -188,6 +193,9 @@ class _Watchdog:
 
     def untrack(self, pgid: int) -> None:
         self._send(f"untrack {pgid}")
+
+    def remove_on_death(self, folder: Path) -> None:
+        self._send(f"remove {folder}")
 
     def close(self) -> None:
         self._send("exit")
@@ -283,7 +291,8 @@ class MailServers:
 
     @classmethod
     def temporary(cls, users: Mapping[str, str], domains: Iterable[str], **kwargs) -> MailServers:
-        """A pair in a fresh folder under the system temp dir (0755), removed again by `stop()`."""
+        """A pair in a fresh folder under the system temp dir (0755), removed again by `stop()`
+        (or by the watchdog when the process that started it dies)."""
         folder = Path(tempfile.mkdtemp(prefix="mailsrv-"))
         os.chmod(folder, 0o755)
         servers = cls(folder, users, domains, **kwargs)
@@ -328,6 +337,8 @@ class MailServers:
                 raise ValueError(f"{self.workdir}: path too long for unix sockets; use a shorter workdir")
             self._ca = MailTLS.create(self.workdir / "tls")
             self._watchdog = _Watchdog()
+            if self._owns_workdir:
+                self._watchdog.remove_on_death(self.workdir)
             self._write_dovecot()
             self._write_postfix()
             self.start_imap()

@@ -239,6 +239,9 @@ def test_no_process_outlives_a_killed_runner(tmp_path):
         while not all(_gone(int(g)) for g in groups):
             assert time.monotonic() < deadline, "mail servers outlived their runner"
             time.sleep(0.02)
+        while Path(workdir).exists():  # the watchdog removes what MailServers.temporary() made
+            assert time.monotonic() < deadline, "the work folder outlived its runner"
+            time.sleep(0.02)
     finally:
         runner.kill()
         runner.stdout.close()  # type: ignore[union-attr]
