@@ -1,0 +1,191 @@
+"""Numbered schema steps, applied in order in one transaction and recorded in ``schema_version``.
+
+Each step is frozen once released: it builds its own ``Table`` objects (never the
+ones in ``schema.py``, which describe the *current* shape), so a database created
+years ago replays exactly the steps it missed. A change to the schema is a new
+step here plus the same change in ``schema.py``; ``test_store_migrations`` checks
+that the two agree.
+
+A database whose version is newer than the last step known here is refused: old
+code must not write rows a newer schema gives another meaning.
+
+Steps are SQLAlchemy Core DDL, so they run on SQLite and PostgreSQL alike. On
+SQLite, ALTER TABLE is limited: adding a nullable column is fine, anything else
+needs the create-copy-drop-rename dance inside the step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from sqlalchemy import (CheckConstraint, Column, Connection, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+                        Table, Text, func, insert, inspect, select)
+
+from .schema import UTCDateTime, schema_version
+from .states import SchemaError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]  #: runs inside the migration transaction
+
+
+def _v1_initial(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "messages", md,
+        Column("message_id", String, primary_key=True),
+        Column("type", String, nullable=False),
+        Column("version", String, nullable=False),
+        Column("sender", String, nullable=False),
+        Column("recipient", String, nullable=False),
+        Column("dossier", String, nullable=False),
+        Column("replies_to", String),
+        Column("supersedes", String),
+        Column("priority", Integer, nullable=False),
+        Column("state", String, nullable=False),
+        Column("reason", Text),
+        Column("successor", String),
+        Column("transport", String),
+        Column("address", String),
+        Column("attempts", Integer, nullable=False),
+        Column("next_attempt_at", UTCDateTime),
+        Column("lease_owner", String),
+        Column("lease_until", UTCDateTime),
+        Column("spool_path", String),
+        Column("file_name", String, nullable=False),
+        Column("size", Integer, nullable=False),
+        Column("sha256", String, nullable=False),
+        Column("mic", String),
+        Column("mail_message_id", String),
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("received_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Column("sent_at", UTCDateTime),
+        Column("delivered_at", UTCDateTime),
+        Column("acknowledged_at", UTCDateTime),
+        Index("ix_messages_state_next", "state", "next_attempt_at"),
+        Index("ix_messages_recipient", "recipient"),
+        Index("ix_messages_mail_message_id", "mail_message_id"),
+        Index("ix_messages_sha256", "sha256"),
+        Index("ix_messages_received_at", "received_at", "message_id"),
+        Index("ix_messages_sender", "sender"),
+        CheckConstraint("(state IN ('queued', 'retry_wait')) = (next_attempt_at IS NOT NULL)",
+                        name="ck_messages_due_when_waiting"),
+    )
+    m = md.tables["messages"]
+    Index("ix_messages_due", m.c.priority.desc(), m.c.next_attempt_at, m.c.received_at, m.c.message_id,
+          m.c.recipient, m.c.state,
+          sqlite_where=m.c.next_attempt_at.is_not(None), postgresql_where=m.c.next_attempt_at.is_not(None))
+    p = Table(
+        "pickups", md,
+        Column("id", Integer, primary_key=True),
+        Column("at", UTCDateTime, nullable=False),
+        Column("file_name", String, nullable=False),
+        Column("size", Integer, nullable=False),
+        Column("sha256", String, nullable=False),
+        Column("outcome", String, nullable=False),
+        Column("message_id", String, ForeignKey("messages.message_id")),
+        Column("declared_id", String),
+        Column("declared_type", String),
+        Column("kind", String),
+        Column("reason", Text),
+        Column("spool_path", String),
+        Column("confirmed_at", UTCDateTime),
+        Index("ix_pickups_sha256", "sha256"),
+        Index("ix_pickups_outcome_confirmed", "outcome", "confirmed_at"),
+    )
+    Index("uq_pickups_accepted_sha256", p.c.sha256, unique=True,
+          sqlite_where=p.c.outcome == "accepted", postgresql_where=p.c.outcome == "accepted")
+    Table(
+        "sealed", md,
+        Column("message_id", String, ForeignKey("messages.message_id"), primary_key=True),
+        Column("entity", LargeBinary, nullable=False),
+        Column("mic", String, nullable=False),
+        Column("profile", String, nullable=False),
+        Column("sealed_at", UTCDateTime, nullable=False),
+    )
+    Table(
+        "transitions", md,
+        Column("id", Integer, primary_key=True),
+        Column("message_id", String, ForeignKey("messages.message_id"), nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("from_state", String),
+        Column("to_state", String, nullable=False),
+        Column("reason", Text),
+        Column("attempt", Integer, nullable=False),
+        Column("remote_reply", Text),
+        Column("actor", String, nullable=False),
+        Index("ix_transitions_message", "message_id", "id"),
+    )
+    Table(
+        "audit", md,
+        Column("id", Integer, primary_key=True),
+        Column("at", UTCDateTime, nullable=False),
+        Column("action", String, nullable=False),
+        Column("object", String, nullable=False),
+        Column("result", Text, nullable=False),
+        Column("origin", String, nullable=False),
+        Column("actor", String, nullable=False),
+        Index("ix_audit_object", "object"),
+        sqlite_autoincrement=True,
+    )
+    Table(
+        "receipts", md,
+        Column("id", Integer, primary_key=True),
+        Column("message_id", String, ForeignKey("messages.message_id"), nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("kind", String, nullable=False),
+        Column("verdict", String, nullable=False),
+        Column("detail", Text, nullable=False),
+        Index("ix_receipts_message", "message_id"),
+    )
+    Table(
+        "schema_version", md,
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("description", String, nullable=False),
+        Column("applied_at", UTCDateTime, nullable=False),
+    )
+    md.create_all(conn)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
+)
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version of the database (0: empty); refuses a database that is not a gateway store."""
+    tables = set(inspect(conn).get_table_names())
+    if "schema_version" not in tables:
+        if tables:
+            raise SchemaError("the database holds tables but no schema_version: it is not a gateway store "
+                              "(refusing to touch it)")
+        return 0
+    return conn.execute(select(func.max(schema_version.c.version))).scalar_one() or 0
+
+
+def apply_migrations(conn: Connection, steps: Sequence[Migration], now: datetime) -> list[int]:
+    """Bring the database up to the last of ``steps`` (inside the caller's write transaction)."""
+    if [s.version for s in steps] != list(range(1, len(steps) + 1)):
+        raise SchemaError("migration steps must be numbered 1, 2, 3, ... without gaps")
+    latest = len(steps)
+    current = current_version(conn)
+    if current > latest:
+        raise SchemaError(f"the database schema is version {current}, newer than this gateway knows ({latest}): "
+                          "run a newer gateway, or restore a backup made by this version")
+    applied = []
+    for step in steps[current:]:
+        step.apply(conn)
+        conn.execute(insert(schema_version).values(version=step.version, description=step.description,
+                                                   applied_at=now))
+        applied.append(step.version)
+        log.info("store.migrated", version=step.version, description=step.description)
+    return applied

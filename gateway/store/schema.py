@@ -1,0 +1,174 @@
+"""The tables of the store, as the code reads and writes them (the current schema).
+
+The database gets this shape through ``migrations.py`` only; a test compares the
+two, so change both together (add a migration step, never edit an applied one).
+
+What is stored about a message is what routing, delivery and the operator need:
+ids, type, party codes, the dossier reference, states and reasons, and the sealed
+entity (encrypted bytes). No XML body and no personal data.
+
+Datetimes are timezone-aware UTC in Python. SQLite has no time zones, so there
+they are stored as naive UTC in SQLAlchemy's fixed-width ISO text
+(``2026-11-29 12:00:00.000000``), which sorts and compares correctly as text;
+PostgreSQL gets ``timestamptz``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (CheckConstraint, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+                        Table, Text, TypeDecorator)
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; a naive datetime is a bug and is refused."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime given to the store: pass timezone-aware datetimes")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+metadata = MetaData()
+
+messages = Table(
+    "messages", metadata,
+    Column("message_id", String, primary_key=True),
+    Column("type", String, nullable=False),
+    Column("version", String, nullable=False),
+    Column("sender", String, nullable=False),  # party code, e.g. "pi:PI-VUGHT"
+    Column("recipient", String, nullable=False),  # party code, e.g. "gemeente:0599"; the dispatcher's "destination"
+    Column("dossier", String, nullable=False),
+    Column("replies_to", String),
+    Column("supersedes", String),
+    Column("priority", Integer, nullable=False),
+    Column("state", String, nullable=False),
+    Column("reason", Text),  # why it is in this state (held, retry, failed, ...)
+    Column("successor", String),  # the municipality code that took over an ended one
+    Column("transport", String),  # "smtp" | "as2"
+    Column("address", String),  # mailbox or AS2 URL of the recipient's gateway
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime),
+    Column("lease_owner", String),
+    Column("lease_until", UTCDateTime),
+    Column("spool_path", String),
+    Column("file_name", String, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String, nullable=False),
+    Column("mic", String),
+    Column("mail_message_id", String),
+    Column("created_at", UTCDateTime, nullable=False),  # from the message header
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("delivered_at", UTCDateTime),
+    Column("acknowledged_at", UTCDateTime),
+    Index("ix_messages_state_next", "state", "next_attempt_at"),
+    Index("ix_messages_recipient", "recipient"),
+    Index("ix_messages_mail_message_id", "mail_message_id"),
+    Index("ix_messages_sha256", "sha256"),
+    Index("ix_messages_received_at", "received_at", "message_id"),  # list(): newest first, paged
+    Index("ix_messages_sender", "sender"),  # list(party=...) with ix_messages_recipient
+    # waiting (queued, retry_wait) exactly when due at some time: the claim's partial index relies on it
+    CheckConstraint("(state IN ('queued', 'retry_wait')) = (next_attempt_at IS NOT NULL)",
+                    name="ck_messages_due_when_waiting"),
+)
+# The claim walks this in dispatch order and stops at its limit: no sort of the whole backlog.
+Index("ix_messages_due", messages.c.priority.desc(), messages.c.next_attempt_at, messages.c.received_at,
+      messages.c.message_id, messages.c.recipient, messages.c.state,
+      sqlite_where=messages.c.next_attempt_at.is_not(None), postgresql_where=messages.c.next_attempt_at.is_not(None))
+
+# One row per file taken from the outbox, whatever became of it.
+pickups = Table(
+    "pickups", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("file_name", String, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("sha256", String, nullable=False),
+    Column("outcome", String, nullable=False),  # accepted | rejected | duplicate
+    Column("message_id", String, ForeignKey("messages.message_id")),  # accepted: the new one; duplicate: the existing
+    Column("declared_id", String),  # rejected: the id the file claimed, if it could be read
+    Column("declared_type", String),
+    Column("kind", String),  # duplicate: same-file | same-id
+    Column("reason", Text),
+    Column("spool_path", String),  # accepted: the spool copy; rejected: where the file was put
+    Column("confirmed_at", UTCDateTime),  # the file move completed
+    Index("ix_pickups_sha256", "sha256"),
+    Index("ix_pickups_outcome_confirmed", "outcome", "confirmed_at"),
+)
+# A file is accepted at most once: this guards accept() against a second process (PostgreSQL).
+Index("uq_pickups_accepted_sha256", pickups.c.sha256, unique=True,
+      sqlite_where=pickups.c.outcome == "accepted", postgresql_where=pickups.c.outcome == "accepted")
+
+sealed = Table(
+    "sealed", metadata,
+    Column("message_id", String, ForeignKey("messages.message_id"), primary_key=True),
+    Column("entity", LargeBinary, nullable=False),  # the bytes as sent (encrypted)
+    Column("mic", String, nullable=False),
+    Column("profile", String, nullable=False),
+    Column("sealed_at", UTCDateTime, nullable=False),
+)
+
+transitions = Table(
+    "transitions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", String, ForeignKey("messages.message_id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("from_state", String),  # None: the message was created
+    Column("to_state", String, nullable=False),
+    Column("reason", Text),
+    Column("attempt", Integer, nullable=False),
+    Column("remote_reply", Text),  # e.g. the SMTP reply line or HTTP status
+    Column("actor", String, nullable=False),
+    Index("ix_transitions_message", "message_id", "id"),
+)
+
+# BIO2 8.15: who did what to which object, from where, with what result. Append-only;
+# ids only grow (AUTOINCREMENT), so a later hash chain can follow id order.
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("action", String, nullable=False),
+    Column("object", String, nullable=False),
+    Column("result", Text, nullable=False),
+    Column("origin", String, nullable=False),
+    Column("actor", String, nullable=False),
+    Index("ix_audit_object", "object"),
+    sqlite_autoincrement=True,
+)
+
+receipts = Table(
+    "receipts", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("message_id", String, ForeignKey("messages.message_id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("kind", String, nullable=False),  # dsn | mdn | unsigned-mdn
+    Column("verdict", String, nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_receipts_message", "message_id"),
+)
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("description", String, nullable=False),
+    Column("applied_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,201 @@
+"""What the store speaks: the states of an outbound message, the edges between them,
+the records it takes and gives back, and its errors.
+
+The transition table is the whole life cycle (docs/architecture.md, "States of an
+outbound message"): the store refuses every edge that is not in it, so a bug
+upstream cannot move a message backwards or out of a final state. ``rejected``
+is a state of a *pickup* (the file never became a message) and has no edges here.
+
+Errors carry message ids, states and kinds only: never content or personal data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class State(StrEnum):
+    RECEIVED = "received"  #: accepted from the outbox, valid, not yet sealed
+    REJECTED = "rejected"  #: never a message row: recorded on the pickup (see ``Store.record_rejection``)
+    HELD = "held"  #: valid but undeliverable until an operator fixes the cause (no route, no certificate, ended code)
+    QUEUED = "queued"  #: sealed, waiting for the dispatcher (``next_attempt_at``)
+    SENDING = "sending"  #: claimed by a dispatcher under a lease
+    RETRY_WAIT = "retry_wait"  #: a temporary failure; due again at ``next_attempt_at``
+    SENT = "sent"  #: the next hop accepted it (SMTP 250, HTTP 2xx)
+    DELIVERED = "delivered"  #: DSN "delivered" or a verified AS2 MDN
+    ACKNOWLEDGED = "acknowledged"  #: a signed receipt whose MIC matches what was sealed (final)
+    FAILED = "failed"  #: dead letter: permanent failure or retries exhausted; an operator may resend
+    CANCELLED = "cancelled"  #: stopped by an operator (final)
+
+
+S = State
+TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType({
+    S.RECEIVED: frozenset({S.HELD, S.QUEUED, S.FAILED, S.CANCELLED}),
+    S.REJECTED: frozenset(),
+    S.HELD: frozenset({S.QUEUED, S.HELD, S.CANCELLED}),  # held -> held: a new reason
+    S.QUEUED: frozenset({S.SENDING, S.HELD, S.CANCELLED}),
+    # sending -> held: a security failure; -> queued: lease released on a graceful stop
+    S.SENDING: frozenset({S.SENT, S.RETRY_WAIT, S.FAILED, S.HELD, S.QUEUED}),
+    S.RETRY_WAIT: frozenset({S.SENDING, S.FAILED, S.HELD, S.CANCELLED, S.QUEUED}),
+    # sent -> failed: a DSN failure; sent -> sent: a note (e.g. DSN delayed)
+    S.SENT: frozenset({S.DELIVERED, S.ACKNOWLEDGED, S.FAILED, S.SENT}),
+    S.DELIVERED: frozenset({S.ACKNOWLEDGED}),
+    S.ACKNOWLEDGED: frozenset(),
+    S.FAILED: frozenset({S.QUEUED}),  # operator resend, same message id
+    S.CANCELLED: frozenset(),
+})
+FINAL: frozenset[State] = frozenset({S.ACKNOWLEDGED, S.CANCELLED})
+#: states the dispatcher claims from once ``next_attempt_at`` has come
+WAITING: frozenset[State] = frozenset({S.QUEUED, S.RETRY_WAIT})
+del S
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated message as the pickup hands it over (facts from its header; no body)."""
+
+    message_id: str
+    type: str
+    version: str
+    sender: str  #: party code, e.g. "pi:PI-VUGHT"
+    recipient: str  #: party code, e.g. "gemeente:0599"
+    dossier: str
+    replies_to: str | None
+    supersedes: str | None
+    priority: int  #: higher goes first
+    created_at: datetime  #: from the message header
+    file_name: str
+    size: int
+    sha256: str  #: hex digest of the file as dropped
+    spool_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One row of ``messages``, as read back (datetimes aware UTC)."""
+
+    message_id: str
+    type: str
+    version: str
+    sender: str
+    recipient: str
+    dossier: str
+    priority: int
+    state: State
+    reason: str | None
+    successor: str | None
+    transport: str | None
+    address: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    lease_owner: str | None
+    lease_until: datetime | None
+    spool_path: str | None
+    file_name: str
+    sha256: str
+    mic: str | None
+    mail_message_id: str | None
+    received_at: datetime
+    updated_at: datetime
+    sent_at: datetime | None
+    delivered_at: datetime | None
+    acknowledged_at: datetime | None
+    created_at: datetime
+    replies_to: str | None
+    supersedes: str | None
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pickup:
+    """One file taken from the outbox: ``accepted``, ``rejected`` or ``duplicate``."""
+
+    id: int
+    file_name: str
+    size: int
+    sha256: str
+    message_id: str | None  #: accepted: the new message; duplicate: the one it duplicates
+    outcome: str
+    spool_path: str | None  #: accepted: the spool copy; rejected: where the file was put
+    reason: str | None
+    at: datetime
+    declared_id: str | None
+    declared_type: str | None
+    kind: str | None  #: duplicate: same-file | same-id
+    confirmed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    message_id: str
+    at: datetime
+    from_state: State | None  #: None: the message was created
+    to_state: State
+    reason: str | None
+    attempt: int
+    remote_reply: str | None
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewReceipt:
+    kind: str  #: dsn | mdn | unsigned-mdn
+    verdict: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    message_id: str
+    at: datetime
+    kind: str
+    verdict: str
+    detail: str
+
+
+class StoreError(Exception):
+    """Something the store refused or could not do."""
+
+
+class UnknownMessage(StoreError):
+    def __init__(self, message_id: str):
+        super().__init__(f"no message {message_id!r} in the store")
+        self.message_id = message_id
+
+
+class IllegalTransition(StoreError):
+    """The edge is not in ``TRANSITIONS``: a bug upstream, never retried."""
+
+    def __init__(self, message_id: str, from_state: State, to_state: State):
+        super().__init__(f"message {message_id}: transition {from_state} -> {to_state} is not allowed")
+        self.message_id, self.from_state, self.to_state = message_id, from_state, to_state
+
+
+class StaleState(StoreError):
+    """Compare-and-set failed: someone else moved the message (or took its lease) first."""
+
+    def __init__(self, message_id: str, actual: State | None, expected: Iterable[State], detail: str = ""):
+        names = "|".join(sorted(expected))
+        super().__init__(f"message {message_id} is {actual}, expected {names}{detail}")
+        self.message_id, self.actual, self.expected = message_id, actual, frozenset(expected)
+
+
+class DuplicateMessage(StoreError):
+    """A second drop of a file already accepted (``same-file``) or of a message id already known (``same-id``)."""
+
+    def __init__(self, kind: str, message_id: str | None, pickup: Pickup | None):
+        super().__init__(f"duplicate ({kind}) of message {message_id}")
+        self.kind, self.message_id, self.pickup = kind, message_id, pickup
+
+
+class SchemaError(StoreError):
+    """The database is not one this code can use (newer schema, or not a gateway store)."""
+
+
+def check_edge(message_id: str, from_state: State, to_state: State) -> None:
+    if to_state not in TRANSITIONS[from_state]:
+        raise IllegalTransition(message_id, from_state, to_state)
