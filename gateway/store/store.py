@@ -185,9 +185,12 @@ class Store:
 
     async def _audit(self, conn: AsyncConnection, at: datetime, action: str, obj: str, result: str, actor: str,
                      origin: str | None = None) -> None:
+        await self._audit_rows(conn, [dict(at=at, action=action, object=obj, result=result,
+                                           origin=origin or self.origin, actor=actor)])
+
+    async def _audit_rows(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         """The single place audit rows are written (a hash chain, when added, goes here)."""
-        await conn.execute(insert(audit).values(at=at, action=action, object=obj, result=result,
-                                                origin=origin or self.origin, actor=actor))
+        await conn.execute(insert(audit), rows)
 
     # -- pick-up
 
@@ -397,7 +400,7 @@ class Store:
             dict(message_id=r.message_id, at=now, from_state=before[r.message_id].value, to_state=to.value,
                  reason=reason, attempt=r.attempts, remote_reply=None, actor=actor) for r in records])
         result = f"-> {to}" + (f": {reason}" if reason else "")
-        await conn.execute(insert(audit), [
+        await self._audit_rows(conn, [
             dict(at=now, action="message.transition", object=r.message_id,
                  result=f"{before[r.message_id]} {result}", origin=self.origin, actor=actor) for r in records])
         return records
