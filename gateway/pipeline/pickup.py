@@ -42,7 +42,7 @@ PRIORITY = {"spoedontslagbericht": 30, "ontslagbericht": 20, "overdrachtsdocumen
 class Pickup:
     def __init__(self, *, store: Store, validation: ValidationPool, outbox: Path, spool: Path, rejected: Path,
                  own_party: str, max_bytes: int, stable_after: float, rescan_interval: float,
-                 accepted: Callable[[str], Awaitable[None] | None]):
+                 accepted: Callable[[str], Awaitable[None] | None], parallel: int = 4):
         self.store = store
         self.validation = validation
         self.outbox, self.spool, self.rejected = outbox, spool, rejected
@@ -51,46 +51,63 @@ class Pickup:
         self.stable_after = stable_after
         self.rescan_interval = rescan_interval
         self._accepted = accepted
-        #: name -> (size, mtime_ns, monotonic time first seen with these)
-        self._seen: dict[str, tuple[int, int, float]] = {}
+        self._parallel = asyncio.Semaphore(parallel)
+        #: seconds until the earliest file that is still being written may be taken (None: none)
+        self._ripe_in: float | None = None
 
     # -- the loop ---------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.reconcile()
-        await self.scan()
-        # events wake us early; the timeout is the safety-net rescan (events can be lost, e.g. on NFS)
-        tick = int(min(self.rescan_interval, max(self.stable_after, 0.05)) * 1000)
-        last_full = time.monotonic()
-        async for _changes in awatch(self.outbox, stop_event=stop, rust_timeout=tick, yield_on_timeout=True,
-                                     recursive=False, debounce=50, step=20):
-            if self._seen or time.monotonic() - last_full >= self.rescan_interval or _changes:
+        changed = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(stop, changed))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                changed.clear()
                 await self.scan()
-                last_full = time.monotonic()
+                # events wake us early; the timeout is the safety-net rescan (events can be lost,
+                # e.g. on network file systems) or the moment the next quiet file is ripe
+                timeout = self.rescan_interval if self._ripe_in is None else min(self.rescan_interval, self._ripe_in)
+                waking = asyncio.create_task(changed.wait())
+                await asyncio.wait({waking, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                waking.cancel()
+        finally:
+            stopping.cancel()
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _watch(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
+        async for _changes in awatch(self.outbox, stop_event=stop, recursive=False, debounce=20, step=10,
+                                     rust_timeout=1000, yield_on_timeout=False):
+            changed.set()
 
     async def scan(self) -> int:
-        """Take every file that is ready; return how many were taken."""
-        now = time.monotonic()
-        present = set()
-        taken = 0
+        """Take every file that is ready; return how many were taken.
+
+        A file is ready when it has not been modified for `stable_after` seconds (its mtime says so:
+        no second look needed); `_ripe_in` says when the next one that is not ready yet will be."""
+        self._ripe_in = None
+        ripe = []
         for c in outbox_fs.candidates(self.outbox):
-            present.add(c.name)
-            before = self._seen.get(c.name)
-            if before is None or before[:2] != (c.size, c.mtime_ns):
-                self._seen[c.name] = (c.size, c.mtime_ns, now)
-                if self.stable_after > 0:
-                    continue
-            elif now - before[2] < self.stable_after:
-                continue
+            age = time.time() - c.mtime_ns / 1e9
+            if age < self.stable_after:
+                wait = self.stable_after - age
+                self._ripe_in = wait if self._ripe_in is None else min(self._ripe_in, wait)
+            else:
+                ripe.append(c.name)
+        # several files at once, so validation (in worker processes) overlaps the store's commits;
+        # the store arbitrates duplicates between them (same file or same id: one wins)
+        results = await asyncio.gather(*(self._take_limited(name) for name in ripe))
+        return sum(results)
+
+    async def _take_limited(self, name: str) -> int:
+        async with self._parallel:
             try:
-                await self.take(c.name)
-                taken += 1
+                await self.take(name)
+                return 1
             except FileNotFoundError:
-                pass  # the producer took it back
-            self._seen.pop(c.name, None)
-        for gone in set(self._seen) - present:
-            del self._seen[gone]
-        return taken
+                return 0  # the producer took it back
 
     # -- one file ---------------------------------------------------------------------------------
 

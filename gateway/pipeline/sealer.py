@@ -31,7 +31,8 @@ TRANSPORTS_AVAILABLE = ("email",)
 class Sealer:
     def __init__(self, *, store: Store, identity: Identity, trust: TrustStore, parties: Parties,
                  routes: Mapping[str, object], certificates: Mapping[str, x509.Certificate],
-                 queued: Callable[[], None], clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 queued: Callable[[], None], clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 parallel: int = 2):
         self.store = store
         self.identity = identity
         self.trust = trust
@@ -41,6 +42,7 @@ class Sealer:
         self._queued = queued
         self._clock = clock
         self.inbox: asyncio.Queue[str] = asyncio.Queue()
+        self.parallel = max(1, parallel)
 
     def submit(self, message_id: str) -> None:
         self.inbox.put_nowait(message_id)
@@ -50,6 +52,8 @@ class Sealer:
         for record in await self.store.list(states=[State.RECEIVED], limit=1_000_000):
             self.submit(record.message_id)
         stopping = asyncio.create_task(stop.wait())
+        running: set[asyncio.Task] = set()
+        room = asyncio.Semaphore(self.parallel)
         try:
             while not stop.is_set():
                 getting = asyncio.create_task(self.inbox.get())
@@ -57,9 +61,26 @@ class Sealer:
                 if getting not in done:
                     getting.cancel()
                     break
-                await self.route_and_seal(getting.result())
+                await room.acquire()
+                task = asyncio.create_task(self._one(getting.result(), room))
+                running.add(task)
+                task.add_done_callback(running.discard)
         finally:
             stopping.cancel()
+            if running:  # finish what was started: each ends in a committed state or not at all
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _one(self, message_id: str, room: asyncio.Semaphore) -> None:
+        try:
+            await self.route_and_seal(message_id)
+        except Exception as e:  # a fault must not stop the service: hold this one, visibly, for an operator
+            log.exception("seal-error", message_id=message_id)
+            record = await self.store.get(message_id)
+            if record is not None and record.state in (State.RECEIVED, State.HELD):
+                await self._hold(record, f"sealing failed ({type(e).__name__}): see the log; release to retry",
+                                 None, "sealer")
+        finally:
+            room.release()
 
     async def route_and_seal(self, message_id: str, *, actor: str = "sealer") -> State | None:
         record = await self.store.get(message_id)
