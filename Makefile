@@ -34,6 +34,9 @@ demo: $(STAMP)
 	@echo "== broken examples (each must be rejected, with the reason) =="
 	@rc=0; $(VENV)/bin/nazorg-gateway validate examples/invalid || rc=$$?; \
 	  if [ $$rc -ne 1 ]; then echo "expected exit 1 (invalid), got $$rc"; exit 1; fi
+	@echo
+	@echo "== the whole exchange on this machine: private Postfix + Dovecot, init, run, delivered, receipted =="
+	$(PY) demo/exchange.py
 
 test: $(STAMP)
 	$(PY) -m pytest
@@ -42,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/validate.py
 	$(PY) bench/crypto_seal.py
 	$(PY) bench/crypto_open.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
