@@ -22,6 +22,7 @@ from adapters.imap import MailboxSettings, watch_mailbox
 from adapters.smtp import RelaySettings
 from gateway.config import ConfigError, GatewayConfig
 from gateway.pipeline.dispatcher import Dispatcher
+from gateway.pipeline.overdue import OverdueWatch
 from gateway.pipeline.pickup import Pickup
 from gateway.pipeline.receipt_matcher import ReceiptMatcher
 from gateway.pipeline.sealer import Sealer
@@ -94,7 +95,7 @@ class Gateway:
                             max_bytes=cfg.limits.max_message_bytes, stable_after=cfg.limits.stable_after,
                             rescan_interval=cfg.limits.rescan_interval, accepted=self.sealer.submit)
             services = [pickup.run(self.stop), self.sealer.run(self.stop), self.dispatcher.run(self.stop),
-                        self._watch_overdue()]
+                        OverdueWatch(store, cfg.limits.receipt_overdue, clock=self.clock).run(self.stop)]
             if cfg.imap is not None:
                 matcher = ReceiptMatcher(store=store, trust=secrets.trust, processed_folder=cfg.imap.processed_folder,
                                          unrecognised_folder=cfg.imap.unrecognised_folder, clock=self.clock)
@@ -121,23 +122,6 @@ class Gateway:
             validation.close()
             await store.close()
             log.info("stopped")
-
-    async def _watch_overdue(self) -> None:
-        """A message `sent` for longer than `receipt_overdue` without a receipt raises an alert, once."""
-        alerted: set[str] = set()
-        while not self.stop.is_set():
-            for record in await self.store.sent_without_receipt(self.clock() - self.config.limits.receipt_overdue):
-                if record.message_id not in alerted:
-                    alerted.add(record.message_id)
-                    log.error("receipt-overdue", message_id=record.message_id, type=record.type,
-                              recipient=record.recipient, sent_at=record.sent_at.isoformat(), alert=True)
-                    await self.store.audit(action="receipt-overdue", object=record.message_id, result="alert",
-                                           origin="gateway", actor="overdue-watch")
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=60)
-            except asyncio.TimeoutError:
-                pass
-
 
 def run(config: GatewayConfig) -> int:
     async def main() -> None:

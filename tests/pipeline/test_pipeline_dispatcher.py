@@ -198,3 +198,21 @@ async def test_graceful_stop_releases_what_is_in_flight(store):
     await asyncio.wait_for(task, 5)
     record = await store.get(mid)
     assert record.state is State.QUEUED and record.lease_owner is None
+
+
+async def test_sent_without_receipt_past_the_limit_alerts_once(store):
+    from gateway.pipeline.overdue import OverdueWatch
+
+    mid = await queued(store)
+    fresh = await queued(store)
+
+    async def sent():
+        return set((await states(store, [mid, fresh])).values()) == {State.SENT}
+    await run_until(dispatcher(store, ScriptedTransport()), sent)
+    await store.transition(fresh, State.DELIVERED, reason="test: a DSN came", actor="test")
+    watch = OverdueWatch(store, timedelta(hours=24), clock=lambda: datetime.now(timezone.utc) + timedelta(hours=25))
+    assert await watch.check() == [mid]  # the delivered one has a receipt (a DSN)
+    assert await watch.check() == []
+    assert [r["action"] for r in await store.audit_rows(object=mid)][0] == "receipt-overdue"
+    early = OverdueWatch(store, timedelta(hours=24))
+    assert await early.check() == []
