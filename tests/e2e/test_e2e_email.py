@@ -114,6 +114,25 @@ async def test_wrong_mic_is_an_integrity_alert_not_an_acknowledgement(tmp_path, 
             await asyncio.sleep(0.1)
         assert ("mdn", "mismatch") in {(r.kind, r.verdict) for r in receipts}
         assert (await gateway.store.get(mid)).state is State.DELIVERED
+        # a mail client's read receipt (unsigned) is recorded and proves nothing
+        servers.deliver(address_of("0599"), PI, _unsigned_mdn(mid))
+        for _ in range(100):
+            receipts = await gateway.store.receipts(mid)
+            if any(r.kind == "unsigned-mdn" for r in receipts):
+                break
+            await asyncio.sleep(0.1)
+        assert "unsigned-mdn" in {r.kind for r in receipts}
+        assert (await gateway.store.get(mid)).state is State.DELIVERED
+
+
+def _unsigned_mdn(mid: str) -> bytes:
+    return (f"From: <nazorg@gemeente-0599.example.nl>\r\nTo: <{PI}>\r\nSubject: Gelezen: nazorg\r\n"
+            f"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=disposition-notification; "
+            f'boundary="b1"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nUw bericht is gelezen.\r\n'
+            f"--b1\r\nContent-Type: message/disposition-notification\r\n\r\n"
+            f"Reporting-UA: Mail client\r\nFinal-Recipient: rfc822; nazorg@gemeente-0599.example.nl\r\n"
+            f"Original-Message-ID: <{mid}@pi-vught.example.nl>\r\n"
+            f"Disposition: manual-action/MDN-sent-manually; displayed\r\n--b1--\r\n").encode()
 
 
 async def test_recipient_refused_with_550_fails_with_the_reason(tmp_path, template, mail_servers, mail_users):
