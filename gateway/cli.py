@@ -256,5 +256,110 @@ def run(
     raise typer.Exit(code)
 
 
+messages_app = typer.Typer(no_args_is_help=True, help="Messages in the store: list, show, release held ones.")
+app.add_typer(messages_app, name="messages")
+ConfigOption = Annotated[Path, typer.Option("-c", "--config", help="The gateway's TOML configuration.")]
+
+
+def _config_or_exit(config: Path):
+    from gateway import logs
+    from gateway.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    logs.configure("warning")  # the store's own log lines go to stderr, not into the output
+    return cfg
+
+
+async def _open_store(cfg):
+    from gateway.store import Store
+
+    return await Store.open(cfg.check_secrets().store_url.render_as_string(hide_password=False))
+
+
+@messages_app.command("list")
+def messages_list(
+    config: ConfigOption,
+    state: Annotated[Optional[list[str]], typer.Option(help="Only these states (repeatable), e.g. held.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document, for scripts.")] = False,
+) -> None:
+    """Messages with their state and reason (ids, types, parties: never content)."""
+    import asyncio
+
+    from gateway.store import State
+
+    cfg = _config_or_exit(config)
+    try:
+        states = [State(s) for s in state] if state else None
+    except ValueError:
+        raise typer.BadParameter(f"states are: {', '.join(s.value for s in State)}")
+
+    async def rows():
+        store = await _open_store(cfg)
+        try:
+            return await store.list(states=states, limit=limit)
+        finally:
+            await store.close()
+
+    records = asyncio.run(rows())
+    if as_json:
+        typer.echo(json.dumps([{"message_id": r.message_id, "type": r.type, "recipient": r.recipient,
+                                "state": r.state.value, "reason": r.reason, "successor": r.successor,
+                                "attempts": r.attempts, "received_at": r.received_at.isoformat()} for r in records],
+                              indent=2))
+        return
+    out = Console(highlight=False)
+    for r in records:
+        out.print(f"{r.message_id}  {r.type:20} {r.recipient:20} {r.state.value:12} {escape(r.reason or '')}")
+
+
+@messages_app.command("release")
+def messages_release(
+    config: ConfigOption,
+    message_ids: Annotated[list[str], typer.Argument(help="Held messages to route and seal again.")],
+) -> None:
+    """Route and seal held messages again after the cause was fixed (a route added, a certificate renewed).
+
+    The recipient is still the one the message names; what is still wrong keeps it held, with the reason."""
+    import asyncio
+    import getpass
+
+    from cryptography import x509
+
+    from gateway.pipeline.sealer import Sealer
+    from gateway.store import State
+
+    cfg = _config_or_exit(config)
+
+    async def release() -> int:
+        secrets = cfg.check_secrets()
+        store = await _open_store(cfg)
+        try:
+            certificates = {c: x509.load_pem_x509_certificate(r.certificate.read_bytes()) for c, r in cfg.routes.items()}
+            sealer = Sealer(store=store, identity=secrets.identity, trust=secrets.trust, parties=cfg.parties(),
+                            routes=cfg.routes, certificates=certificates, queued=lambda: None)
+            worst = EXIT_OK
+            for mid in message_ids:
+                record = await store.get(mid)
+                if record is None or record.state is not State.HELD:
+                    typer.echo(f"{mid}: not held ({record.state.value if record else 'unknown id'})", err=True)
+                    worst = EXIT_INVALID
+                    continue
+                state = await sealer.route_and_seal(mid, actor=f"operator:{getpass.getuser()}")
+                after = await store.get(mid)
+                typer.echo(f"{mid}: {after.state.value}" + (f" ({after.reason})" if state is not State.QUEUED else ""))
+                if state is not State.QUEUED:
+                    worst = EXIT_INVALID
+            return worst
+        finally:
+            await store.close()
+
+    raise typer.Exit(asyncio.run(release()))
+
+
 def main() -> None:
     app()
