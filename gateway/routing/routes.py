@@ -7,15 +7,19 @@ doubtful holds the message with the reason — it never picks another party.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from gateway.crypto.errors import CryptoError
 from gateway.crypto.trust import TrustStore, describe
 from gateway.routing.parties import Parties
+
+_SHA256 = hashes.SHA256()
 
 
 @dataclass(frozen=True)
@@ -58,8 +62,26 @@ def decide(recipient: str, routes: Mapping[str, object], certificates: Mapping[s
     cert = certificates.get(code)
     if cert is None:
         return Hold(f"the certificate of the route for {recipient} could not be read")
-    try:
-        trust.check(cert, [], now, usage="encrypt")
-    except CryptoError as e:
-        return Hold(f"the encryption certificate of {recipient} ({describe(cert)}) cannot be used: {e}")
+    problem = _certificate_problem(trust, cert, now)
+    if problem is not None:
+        return Hold(f"the encryption certificate of {recipient} ({describe(cert)}) cannot be used: {problem}")
     return Go(route, cert)
+
+
+#: trust store -> {(certificate fingerprint, minute): problem or None}. A chain and CRL check costs
+#: ~0.6 ms; its answer only changes with time (validity, CRL update), so it is reused within the minute.
+_CHECKED: weakref.WeakKeyDictionary[TrustStore, dict[tuple[bytes, int], str | None]] = weakref.WeakKeyDictionary()
+
+
+def _certificate_problem(trust: TrustStore, cert: x509.Certificate, now: datetime) -> str | None:
+    known = _CHECKED.setdefault(trust, {})
+    key = (cert.fingerprint(_SHA256), int(now.timestamp() // 60))
+    if key not in known:
+        if len(known) > 1024:
+            known.clear()
+        try:
+            trust.check(cert, [], now, usage="encrypt")
+            known[key] = None
+        except CryptoError as e:
+            known[key] = str(e)
+    return known[key]
