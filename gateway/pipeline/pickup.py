@@ -163,7 +163,8 @@ class Pickup:
                                           declared_id=verdict.get("message_id"), declared_type=verdict.get("type"),
                                           reason=code, rejected_path=str(self.rejected / target))
         self._file_away(name, target, verdict)
-        log.warning("rejected", file=name, moved_to=f"rejected/{target}", declared_id=verdict.get("message_id"),
+        # the file's name is the producer's choice and may hold personal data: the log names its hash
+        log.warning("rejected", sha256=sha256[:16], folder="rejected", declared_id=verdict.get("message_id"),
                     declared_type=verdict.get("type"),
                     problems=[{k: p.get(k) for k in ("code", "path", "line")} for p in verdict.get("problems", [])])
 
@@ -175,8 +176,8 @@ class Pickup:
         verdict = {"file": name, "valid": False, "message_id": message_id, "duplicate": kind,
                    "problems": [{"code": f"duplicate-{kind}", "message": reason, "line": None, "path": "",
                                  "value": None}]}
-        self._file_away(name, target, verdict)
-        log.warning("duplicate-dropped", file=name, kind=kind, message_id=message_id, moved_to=f"rejected/{target}")
+        self._file_away(name, target, dict(verdict, sha256=sha256))
+        log.warning("duplicate-dropped", sha256=sha256[:16], kind=kind, message_id=message_id, folder="rejected")
 
     def _file_away(self, name: str, target: str, verdict: dict) -> None:
         verdict = dict(verdict, file=name, rejected_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
