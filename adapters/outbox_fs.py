@@ -117,3 +117,13 @@ def _copy_across(src: Path, dst: Path) -> None:
         os.fsync(fout.fileno())
     os.link(tmp, dst)
     os.unlink(tmp)
+
+
+def remove_plaintext(path: Path) -> bool:
+    """Remove a spooled plaintext copy durably; False when it was gone already."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True

@@ -30,7 +30,7 @@ from watchfiles import awatch
 
 from adapters import outbox_fs
 from gateway.pipeline.validation import Checked, Facts, ValidationPool
-from gateway.store import DuplicateMessage, NewMessage, Store
+from gateway.store import DuplicateMessage, NewMessage, State, Store
 
 log = structlog.get_logger(__name__)
 
@@ -189,7 +189,13 @@ class Pickup:
     # -- after a crash ----------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Finish what a crash left between committing a pick-up and moving its file."""
+        """Finish what a crash left between committing a pick-up and moving its file, and between
+        proving a delivery and removing the plaintext copy."""
+        for path in self.spool.glob("*.xml"):
+            record = await self.store.get(path.stem)
+            if record is not None and record.state in (State.DELIVERED, State.ACKNOWLEDGED):
+                outbox_fs.remove_plaintext(path)
+                log.info("spool-copy-removed", message_id=record.message_id, state=record.state.value)
         for p in await self.store.pending_pickups():
             in_outbox = self.outbox / p.file_name
             in_spool = Path(p.spool_path) if p.spool_path else None

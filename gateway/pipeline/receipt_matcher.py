@@ -16,12 +16,14 @@ handling and moving) changes nothing the second time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 
 import structlog
 
 from adapters.imap import FetchedMail
+from adapters.outbox_fs import remove_plaintext
 from adapters.smtp import DsnError, parse_dsn
 from gateway.crypto.errors import CryptoError, MalformedMessage
 from gateway.crypto.receipts import ReceiptVerdict, check_receipt, parse_mdn
@@ -130,12 +132,16 @@ class ReceiptMatcher:
         current = await self.store.get(record.message_id)
         if current is None or current.state is state:
             return
+        proven = state in (State.DELIVERED, State.ACKNOWLEDGED) and current.spool_path
         try:
             await self.store.transition(record.message_id, state, reason=reason, actor="receipt-matcher",
-                                        expect=expect, remote_reply=reply)
+                                        expect=expect, remote_reply=reply,
+                                        **({"spool_path": None} if proven else {}))
         except StaleState:
             log.info("receipt-late", message_id=record.message_id, state=current.state.value, would_be=state.value)
             return
+        if proven:  # delivery is proven: the plaintext copy goes; the sealed entity stays in the store
+            remove_plaintext(Path(current.spool_path))
         (log.error if alert else log.info)(state.value, message_id=record.message_id, type=record.type,
                                            recipient=record.recipient, reason=reason,
                                            **({"alert": True} if alert else {}))

@@ -85,6 +85,9 @@ async def test_batch_of_every_type_is_delivered_opened_and_acknowledged(tmp_path
                             State.ACKNOWLEDGED], (mid, path)
             kinds = {(r.kind, r.verdict) for r in await store.receipts(mid)}
             assert ("dsn", "delivered") in kinds and ("mdn", "match") in kinds
+        # delivery proven: no plaintext copy is kept; the sealed entity (encrypted) is
+        assert list(cfg.folders.spool.iterdir()) == []
+        assert all([(await store.sealed(mid)) for mid in dropped])
     # receipts are filed, never deleted
     assert len(servers.messages(PI, folder="nazorg/verwerkt")) >= 2 * len(dropped)
 
@@ -200,3 +203,24 @@ async def test_relay_without_starttls_gets_nothing(tmp_path, template, mail_serv
         assert "STARTTLS" in (await gateway.store.get(mid)).reason
     assert plain_smtp_peer.verbs and "MAIL" not in plain_smtp_peer.verbs and "DATA" not in plain_smtp_peer.verbs
     assert plain_smtp_peer.mails == []
+
+
+async def test_a_municipality_sends_its_gemeenteblad_to_the_pi_of_the_dossier(tmp_path, shared_mail_servers,
+                                                                              mail_users):
+    """The other direction: a municipality's gateway (0599) answers the PI with a gemeenteblad; the PI
+    named in the content is the only possible recipient."""
+    servers = shared_mail_servers
+    cfg = open_config(make_setup(tmp_path / "gw", servers, mail_users, party="0599"))
+    data, mid = with_new_id(example("02-gemeenteblad.xml"))
+    before = len(servers.messages(PI, folder=None))
+    async with running(cfg) as gateway:
+        drop(cfg.folders.outbox, "blad.xml", data)
+        await wait_for_states(gateway.store, [mid], [State.DELIVERED])
+        assert (await gateway.store.get(mid)).recipient == "pi:PI-VUGHT"
+    got = [m for m in servers.messages(PI, folder=None)[before:] if mid.encode() in m and b"pkcs7-mime" in m]
+    assert len(got) == 1
+    trust = TrustStore.from_bundle(tmp_path / "gw" / "keys" / "trust.pem",
+                                   [tmp_path / "gw" / "keys" / "ca" / "issuing.crl.pem"])
+    opened = open_sealed(got[0], identity(tmp_path / "gw", "PI-VUGHT"), trust,
+                         expected_sender=PartyBinding(email=address_of("0599")))
+    assert opened.xml == data
