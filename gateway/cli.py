@@ -129,18 +129,41 @@ def _trust_store(trust: Path, crls: list[Path]):
         raise typer.Exit(EXIT_USAGE)
 
 
-KeyOpt = Annotated[Path, typer.Option("--key", help="Own private key (PEM, mode 0600).")]
-CertOpt = Annotated[Path, typer.Option("--cert", help="Own certificate, with its chain (PEM).")]
-TrustOpt = Annotated[Path, typer.Option("--trust", help="Trust anchors and intermediates (one PEM).")]
+KeyOpt = Annotated[Optional[Path], typer.Option("--key", help="Own private key (PEM, mode 0600); or use -c.")]
+CertOpt = Annotated[Optional[Path], typer.Option("--cert", help="Own certificate, with its chain (PEM); or use -c.")]
+TrustOpt = Annotated[Optional[Path], typer.Option("--trust", help="Trust anchors and intermediates (one PEM); or use -c.")]
 CrlOpt = Annotated[Optional[list[Path]], typer.Option("--crl", help="CRL file(s), PEM or DER; repeat for several.")]
+ConfigFileOpt = Annotated[Optional[Path], typer.Option("-c", "--config", help="Take identity, trust and routes from "
+                                                                              "the gateway's configuration.")]
+
+
+def _identity_and_trust(config: Path | None, key: Path | None, cert: Path | None, trust: Path | None,
+                        crl: list[Path] | None):
+    """(own identity, trust store, configuration or None): from -c CONFIG, or from the explicit files."""
+    if config is not None:
+        from gateway.config import ConfigError
+
+        cfg = _config_or_exit(config)
+        try:
+            secrets = cfg.check_secrets()
+        except ConfigError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        return secrets.identity, secrets.trust, cfg
+    missing = [name for name, value in (("--key", key), ("--cert", cert), ("--trust", trust)) if value is None]
+    if missing:
+        typer.echo(f"error: give -c CONFIG, or {', '.join(missing)}", err=True)
+        raise typer.Exit(EXIT_USAGE)
+    return _own_identity(key, cert), _trust_store(trust, crl or []), None
 
 
 @app.command()
 def seal(
     file: Annotated[Path, typer.Argument(help="The XML message to seal.")],
-    to: Annotated[Path, typer.Option("--to", help="The recipient's certificate (PEM).")],
-    key: KeyOpt, cert: CertOpt, trust: TrustOpt, crl: CrlOpt = None,
-    profile: Annotated[str, typer.Option(help="compatible | strong")] = "compatible",
+    to: Annotated[str, typer.Option("--to", help="The recipient's certificate (PEM), or with -c a party code "
+                                                 "of the route table (its certificate and profile).")],
+    key: KeyOpt = None, cert: CertOpt = None, trust: TrustOpt = None, crl: CrlOpt = None, config: ConfigFileOpt = None,
+    profile: Annotated[Optional[str], typer.Option(help="compatible | strong (default: the route's, else compatible)")] = None,
 ) -> None:
     """Sign and encrypt FILE for the holder of --to; the sealed MIME entity goes to stdout."""
     from datetime import datetime, timezone
@@ -151,11 +174,11 @@ def seal(
     from gateway.crypto.profiles import profile_from
     from gateway.crypto.seal import seal as seal_message
 
-    own = _own_identity(key, cert)
-    store = _trust_store(trust, crl or [])
+    own, store, cfg = _identity_and_trust(config, key, cert, trust, crl)
+    route = cfg.routes.get(to) if cfg is not None else None
     try:
-        chosen = profile_from(profile)
-        recipient = x509.load_pem_x509_certificates(to.read_bytes())[0]
+        chosen = profile_from(profile) if profile else (route.profile if route else profile_from("compatible"))
+        recipient = x509.load_pem_x509_certificates((route.certificate if route else Path(to)).read_bytes())[0]
     except (OSError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(EXIT_USAGE)
@@ -172,7 +195,7 @@ def seal(
 @app.command("open")
 def open_command(
     file: Annotated[Path, typer.Argument(help="A sealed S/MIME entity (MIME, or raw DER/BER).")],
-    key: KeyOpt, cert: CertOpt, trust: TrustOpt, crl: CrlOpt = None,
+    key: KeyOpt = None, cert: CertOpt = None, trust: TrustOpt = None, crl: CrlOpt = None, config: ConfigFileOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the XML here.")] = None,
     sender_email: Annotated[Optional[str], typer.Option("--from-email", help="Require this signer e-mail address.")] = None,
 ) -> None:
@@ -181,8 +204,7 @@ def open_command(
     from gateway.crypto.open import open_sealed
     from gateway.crypto.trust import PartyBinding
 
-    own = _own_identity(key, cert)
-    store = _trust_store(trust, crl or [])
+    own, store, _ = _identity_and_trust(config, key, cert, trust, crl)
     try:
         opened = open_sealed(file.read_bytes(), own, store,
                              expected_sender=PartyBinding(email=sender_email) if sender_email else None)

@@ -38,3 +38,26 @@ def test_run_refuses_a_private_key_others_can_read(tmp_path):
     os.chmod(tmp_path / "gw" / "keys" / "parties" / "PI-VUGHT" / "key.pem", 0o644)
     done = cli("run", "-c", str(tmp_path / "gw" / "gateway.toml"))
     assert done.returncode == 2 and "readable by others" in done.stderr
+
+
+def test_seal_and_open_take_identity_trust_and_routes_from_the_configuration(tmp_path):
+    from paths import DOSSIER
+
+    gw = tmp_path / "gw"
+    assert cli("init", str(gw)).returncode == 0
+    config = str(gw / "gateway.toml")
+    sealed = subprocess.run([sys.executable, "-m", "gateway", "seal", "-c", config, "--to", "0599",
+                             str(DOSSIER / "01-meldingsbericht.xml")], capture_output=True, timeout=60)
+    assert sealed.returncode == 0, sealed.stderr
+    assert b"sealed: compatible" in sealed.stderr  # the route's profile
+    (tmp_path / "m.p7m").write_bytes(sealed.stdout)
+    keys = gw / "keys" / "parties" / "0599"
+    as_0599 = cli("open", "--key", str(keys / "key.pem"), "--cert", str(keys / "chain.pem"),
+                  "--trust", str(gw / "keys" / "trust.pem"), "--crl", str(gw / "keys" / "ca" / "issuing.crl.pem"),
+                  "--from-email", "nazorg@pi-vught.example.nl", "-o", str(tmp_path / "out.xml"), str(tmp_path / "m.p7m"))
+    assert as_0599.returncode == 0, as_0599.stderr
+    assert (tmp_path / "out.xml").read_bytes() == (DOSSIER / "01-meldingsbericht.xml").read_bytes()
+    own_copy = cli("open", "-c", config, "-o", str(tmp_path / "own.xml"), str(tmp_path / "m.p7m"))
+    assert own_copy.returncode == 0 and (tmp_path / "own.xml").read_bytes() == (tmp_path / "out.xml").read_bytes()
+    neither = cli("open", str(tmp_path / "m.p7m"))
+    assert neither.returncode == 2 and "-c CONFIG" in neither.stderr
