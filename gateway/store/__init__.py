@@ -1,4 +1,5 @@
-"""The durable queue and message log (see ``store.py``; states and errors in ``states.py``)."""
+"""The durable queue and message log (see ``store.py``; states and errors in ``states.py``; threads and
+drivers in ``engine.py``)."""
 
 from .migrations import MIGRATIONS, Migration
 from .states import (FINAL, TRANSITIONS, WAITING, DuplicateMessage, IllegalTransition, SchemaError, StaleState, State,

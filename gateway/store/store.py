@@ -4,15 +4,20 @@ One ``Store`` per process, shared by its asyncio tasks. Every write is one short
 transaction that changes the message row, appends its ``transitions`` row and its
 ``audit`` row together, or nothing at all.
 
-SQLite (the embedded default): WAL, ``synchronous=FULL`` (a commit survives a
-power cut), foreign keys on, and every write transaction starts with
-``BEGIN IMMEDIATE``, so it takes the single writer lock before it reads what it
-is about to change: two processes can never both claim one message, and a busy
-writer makes the other wait (``busy_timeout``) instead of failing halfway.
-Inside one process writers queue on an asyncio lock rather than on SQLite's
-sleeping busy handler. Reads take no transaction on SQLite (each SELECT sees
-its own committed snapshot, and never waits for a writer: WAL); this saves a
-driver round trip per read, which is most of a read's cost with aiosqlite.
+Execution (``engine.py``): each public method is one synchronous function run
+whole in a thread, written with SQLAlchemy Core on a synchronous engine. Writes
+run one at a time in the store's writer thread (which replaces an asyncio lock:
+the writers of one process queue there, first come first served); reads run on
+a small pool of reader connections. The statements that run on every message
+are built once, at import, with bind parameters, so SQLAlchemy finds their
+compiled form in its cache without rebuilding them per call.
+
+SQLite (the embedded default): WAL, ``synchronous=FULL``, foreign keys on, and
+every write transaction starts with ``BEGIN IMMEDIATE``, so it takes the single
+writer lock before it reads what it is about to change: two processes can never
+both claim one message, and a busy writer makes the other wait
+(``busy_timeout``) instead of failing halfway. Reads take no transaction (each
+SELECT sees its own committed snapshot, and never waits for a writer: WAL).
 
 PostgreSQL (later, by URL): the same statements; the reads that precede a change
 carry ``FOR UPDATE`` (``SKIP LOCKED`` when claiming), which SQLite ignores, and
@@ -27,44 +32,75 @@ states and reasons.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
-from sqlalchemy import Row, Select, and_, delete, event, func, insert, or_, select, update
+from sqlalchemy import (Connection, Engine, Row, Select, and_, bindparam, delete, func, insert, or_, select,
+                        update)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .engine import BUSY_TIMEOUT_MS, Runner, make_engine
 from .migrations import MIGRATIONS, Migration, apply_migrations
 from .schema import audit, messages, pickups, receipts, sealed, transitions
 from .states import (WAITING, DuplicateMessage, MessageRecord, NewMessage, NewReceipt, Pickup, Receipt, StaleState,
                      State, StoreError, Transition, UnknownMessage, check_edge)
 
+__all__ = ["BUSY_TIMEOUT_MS", "LEASE_EXPIRED", "SETTABLE", "Store", "claim_query", "make_engine", "utcnow"]
+
 log = structlog.get_logger(__name__)
 
-BUSY_TIMEOUT_MS = 15_000  #: how long a writer waits for another process's write before failing
 LEASE_EXPIRED = "lease expired: the daemon stopped or crashed while sending"
 RECEIPT_KINDS = frozenset({"dsn", "mdn", "unsigned-mdn"})
-_BEGIN = "nazorg_sqlite_begin"  # execution option read by the SQLite begin hook
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+m = messages.c
 _RECORD_COLS = [messages.c[f.name] for f in fields(MessageRecord)]
 _STATE_AT = [f.name for f in fields(MessageRecord)].index("state")
 _PICKUP_COLS = [pickups.c[f.name] for f in fields(Pickup)]
 _TRANSITION_COLS = [transitions.c[f.name] for f in fields(Transition)]
 _RECEIPT_COLS = [receipts.c[f.name] for f in fields(Receipt)]
+_NEW_COLS = [f.name for f in fields(NewMessage)]
 #: columns ``transition(**fields)`` may set besides state and reason
 SETTABLE = frozenset({"successor", "transport", "address", "next_attempt_at", "mic", "mail_message_id", "spool_path",
                       "lease_owner", "lease_until", "sent_at", "delivered_at", "acknowledged_at", "attempts"})
 _WAITING = sorted(s.value for s in WAITING)
 _STAMPS = {State.SENT: "sent_at", State.DELIVERED: "delivered_at", State.ACKNOWLEDGED: "acknowledged_at"}
+
+# The statements of the hot path, built once. Bind parameters that are not columns start with "_": in an
+# UPDATE, every other key of the parameters becomes a SET clause.
+_INSERT_MESSAGE = insert(messages)
+_INSERT_PICKUP = insert(pickups)
+_INSERT_PICKUP_RETURNING = insert(pickups).returning(*_PICKUP_COLS)
+_INSERT_TRANSITION = insert(transitions)
+_INSERT_AUDIT = insert(audit)
+_INSERT_RECEIPT = insert(receipts)
+_INSERT_SEALED = insert(sealed)
+_DELETE_SEALED = delete(sealed).where(sealed.c.message_id == bindparam("_mid"))
+_LOCK_ONE = select(m.state, m.lease_owner).where(m.message_id == bindparam("_mid")).with_for_update()
+_STATE_OF = select(m.state).where(m.message_id == bindparam("_mid"))
+_UPDATE_ONE = update(messages).where(m.message_id == bindparam("_mid"), m.state == bindparam("_frm")) \
+    .returning(*_RECORD_COLS)
+_UPDATE_ONE_COUNTED = _UPDATE_ONE.values(attempts=m.attempts + 1)  # entering sending counts an attempt
+_UPDATE_MANY = update(messages).where(m.message_id.in_(bindparam("_ids", expanding=True))).returning(*_RECORD_COLS)
+_CLAIMED = _UPDATE_MANY.values(attempts=m.attempts + 1)
+_RELEASED = _UPDATE_MANY.values(attempts=m.attempts - 1)
+_RENEW = update(messages).where(m.message_id == bindparam("_mid"), m.state == State.SENDING.value,
+                                m.lease_owner == bindparam("_owner"))
+_GET_BY_ID = select(*_RECORD_COLS).where(m.message_id == bindparam("_mid")).limit(1)
+_GET_BY_MAIL_ID = select(*_RECORD_COLS).where(m.mail_message_id == bindparam("_mid")).limit(1)
+_SEALED_ENTITY = select(sealed.c.entity).where(sealed.c.message_id == bindparam("_mid"))
+_EXISTS = select(m.message_id).where(m.message_id == bindparam("_mid"))
+_ACCEPTED_BY_SHA = select(*_PICKUP_COLS).where(pickups.c.outcome == "accepted",
+                                               pickups.c.sha256 == bindparam("_sha"))
+_ACCEPTED_BY_ID = select(*_PICKUP_COLS).where(pickups.c.outcome == "accepted",
+                                              pickups.c.message_id == bindparam("_mid"))
 
 
 def _record(row: Row[Any] | Sequence[Any]) -> MessageRecord:
@@ -74,38 +110,8 @@ def _record(row: Row[Any] | Sequence[Any]) -> MessageRecord:
 
 
 def _transition(row: Row[Any]) -> Transition:
-    m, at, frm, to, *rest = row
-    return Transition(m, at, None if frm is None else State(frm), State(to), *rest)
-
-
-def make_engine(url: str) -> AsyncEngine:
-    """An engine with the store's connection settings (SQLite: pragmas and explicit BEGIN)."""
-    engine = create_async_engine(url)
-    if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
-    return engine
-
-
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # sqlite3's legacy mode would BEGIN only before DML (not before our SELECTs): we begin ourselves
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA journal_mode=WAL")
-        mode = cur.fetchone()[0]
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.close()
-        if mode != "wal":  # an in-memory database; a file always takes WAL
-            log.warning("store.no_wal", journal_mode=mode)
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        # writers: BEGIN IMMEDIATE; readers: none, each SELECT is its own snapshot (saves a driver round trip)
-        if begin := conn.get_execution_options().get(_BEGIN):
-            conn.exec_driver_sql(begin)
+    mid, at, frm, to, *rest = row
+    return Transition(mid, at, None if frm is None else State(frm), State(to), *rest)
 
 
 def _aware_utc(value: datetime) -> datetime:
@@ -114,49 +120,65 @@ def _aware_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def claim_query(now: datetime, limit: int, exclude_destinations: Collection[str] = ()) -> Select[Any]:
-    """Due work in dispatch order; ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, nothing on SQLite.
+# Due work in dispatch order. No condition on ``state``: a due time means waiting (a CHECK constraint),
+# and leaving the state out lets the planner walk the partial index ``ix_messages_due`` in order instead
+# of sorting every due row (SQLite, without statistics, would otherwise pick the state index).
+_DUE = (select(m.message_id, m.state).where(m.next_attempt_at <= bindparam("_now"))
+        .order_by(m.priority.desc(), m.next_attempt_at, m.received_at, m.message_id)
+        .limit(bindparam("_limit")).with_for_update(skip_locked=True))
+_DUE_EXCLUDING = _DUE.where(m.recipient.not_in(bindparam("_exclude", expanding=True)))
 
-    No condition on ``state``: a due time means waiting (a CHECK constraint), and leaving the
-    state out lets the planner walk the partial index ``ix_messages_due`` in order instead of
-    sorting every due row (SQLite, without statistics, would otherwise pick the state index).
+
+def _claim_statement(now: datetime, limit: int,
+                     exclude_destinations: Collection[str]) -> tuple[Select[Any], dict[str, Any]]:
+    params: dict[str, Any] = {"_now": now, "_limit": limit}
+    if not exclude_destinations:
+        return _DUE, params
+    return _DUE_EXCLUDING, params | {"_exclude": list(exclude_destinations)}
+
+
+def claim_query(now: datetime, limit: int, exclude_destinations: Collection[str] = ()) -> Select[Any]:
+    """The claim's query with its values bound (``claim`` runs the same statement, built once).
+
+    ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, nothing on SQLite.
     """
-    m = messages.c
-    q = select(m.message_id, m.state).where(m.next_attempt_at <= now)
-    if exclude_destinations:
-        q = q.where(m.recipient.not_in(list(exclude_destinations)))
-    return (q.order_by(m.priority.desc(), m.next_attempt_at, m.received_at, m.message_id)
-            .limit(limit).with_for_update(skip_locked=True))
+    statement, params = _claim_statement(now, limit, exclude_destinations)
+    return statement.params(params)
 
 
 class Store:
     """The gateway's durable state (see the module docstring). Open with ``await Store.open(url)``."""
 
-    def __init__(self, engine: AsyncEngine, clock: Callable[[], datetime], origin: str):
+    def __init__(self, engine: Engine, clock: Callable[[], datetime], origin: str):
         self._engine = engine
-        self._writer = engine.execution_options(**{_BEGIN: "BEGIN IMMEDIATE"})
+        self._run = Runner(engine)
         self._clock = clock
         self.origin = origin  #: the audit trail's "origin" of rows written here (host or instance name)
-        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        self._closed = False
 
     @classmethod
     async def open(cls, url: str, *, clock: Callable[[], datetime] = utcnow, origin: str = "gateway",
                    migrations: Sequence[Migration] = MIGRATIONS) -> Store:
-        """Connect and migrate; refuses a database whose schema is newer than ``migrations`` (``SchemaError``)."""
+        """Connect and migrate; refuses a database whose schema is newer than ``migrations`` (``SchemaError``).
+
+        ``url`` may name an async driver (``sqlite+aiosqlite:///…``): ``engine.sync_url`` maps it.
+        """
         engine = make_engine(url)
         store = cls(engine, clock, origin)
         try:
-            async with store._write() as conn:
-                applied = await conn.run_sync(apply_migrations, migrations, store._now())
+            applied = await store._run.write(apply_migrations, migrations, store._now())
         except BaseException:
-            await engine.dispose()
+            await store.close()
             raise
         log.info("store.opened", dialect=engine.dialect.name, database=engine.url.database,
                  schema_version=len(migrations), migrated=applied)
         return store
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        """Finish the calls already handed over, then close the connections."""
+        if not self._closed:
+            self._closed = True
+            await asyncio.to_thread(self._run.close)
 
     async def __aenter__(self) -> Store:
         return self
@@ -167,55 +189,37 @@ class Store:
     def __repr__(self) -> str:
         return f"<Store {self._engine.dialect.name}:{self._engine.url.database}>"
 
-    # -- plumbing
+    # -- plumbing (the functions named _..._tx run in the store's threads, on a synchronous connection)
 
     def _now(self) -> datetime:
         return _aware_utc(self._clock())
 
-    @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._lock or nullcontext():
-            async with self._writer.connect() as conn, conn.begin():
-                yield conn
+    def _audit(self, conn: Connection, at: datetime, action: str, obj: str, result: str, actor: str,
+               origin: str | None = None) -> None:
+        self._audit_rows(conn, [dict(at=at, action=action, object=obj, result=result,
+                                     origin=origin or self.origin, actor=actor)])
 
-    @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._engine.connect() as conn:
-            yield conn
-
-    async def _audit(self, conn: AsyncConnection, at: datetime, action: str, obj: str, result: str, actor: str,
-                     origin: str | None = None) -> None:
-        await self._audit_rows(conn, [dict(at=at, action=action, object=obj, result=result,
-                                           origin=origin or self.origin, actor=actor)])
-
-    async def _audit_rows(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    def _audit_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """The single place audit rows are written (a hash chain, when added, goes here)."""
-        await conn.execute(insert(audit), rows)
+        conn.execute(_INSERT_AUDIT, rows)
 
     # -- pick-up
 
     async def find_pickup(self, sha256: str) -> Pickup | None:
         """The accepted pickup of this file if there is one, else its most recent pickup of any outcome."""
-        async with self._read() as conn:
-            row = (await conn.execute(
-                select(*_PICKUP_COLS).where(pickups.c.sha256 == sha256)
-                .order_by((pickups.c.outcome == "accepted").desc(), pickups.c.id.desc()).limit(1))).first()
+        return await self._run.read(_find_pickup_tx, sha256)
+
+    @staticmethod
+    def _accepted_pickup(conn: Connection, query: Select[Any], **params: str) -> Pickup | None:
+        row = conn.execute(query, params).first()
         return None if row is None else Pickup(*row)
 
-    async def _accepted_pickup(self, conn: AsyncConnection, **where: str) -> Pickup | None:
-        q = select(*_PICKUP_COLS).where(pickups.c.outcome == "accepted",
-                                        *(pickups.c[k] == v for k, v in where.items()))
-        row = (await conn.execute(q)).first()
-        return None if row is None else Pickup(*row)
-
-    async def _refuse_duplicate(self, conn: AsyncConnection, msg: NewMessage) -> None:
-        if (p := await self._accepted_pickup(conn, sha256=msg.sha256)) is not None:
+    def _refuse_duplicate(self, conn: Connection, msg: NewMessage) -> None:
+        if (p := self._accepted_pickup(conn, _ACCEPTED_BY_SHA, _sha=msg.sha256)) is not None:
             raise DuplicateMessage("same-file", p.message_id, p)
-        known = (await conn.execute(select(messages.c.message_id)
-                                    .where(messages.c.message_id == msg.message_id))).first()
-        if known is not None:
+        if conn.execute(_EXISTS, {"_mid": msg.message_id}).first() is not None:
             raise DuplicateMessage("same-id", msg.message_id,
-                                   await self._accepted_pickup(conn, message_id=msg.message_id))
+                                   self._accepted_pickup(conn, _ACCEPTED_BY_ID, _mid=msg.message_id))
 
     async def accept(self, msg: NewMessage, *, actor: str = "pickup") -> MessageRecord:
         """Make a message of a picked-up file (state ``received``), or raise ``DuplicateMessage``.
@@ -224,24 +228,26 @@ class Store:
         the message, its first transition and the audit row.
         """
         now = self._now()
-        row = {f.name: getattr(msg, f.name) for f in fields(NewMessage)}
+        row = {name: getattr(msg, name) for name in _NEW_COLS}
         row.update(created_at=_aware_utc(msg.created_at), state=State.RECEIVED.value, reason=None, successor=None,
                    transport=None, address=None, attempts=0, next_attempt_at=None, lease_owner=None,
                    lease_until=None, mic=None, mail_message_id=None,
                    received_at=now, updated_at=now, sent_at=None, delivered_at=None, acknowledged_at=None)
+
+        def tx(conn: Connection) -> None:
+            conn.execute(_INSERT_MESSAGE, row)
+            conn.execute(_INSERT_PICKUP, dict(
+                at=now, file_name=msg.file_name, size=msg.size, sha256=msg.sha256, outcome="accepted",
+                message_id=msg.message_id, spool_path=msg.spool_path))
+            conn.execute(_INSERT_TRANSITION, dict(
+                message_id=msg.message_id, at=now, from_state=None, to_state=State.RECEIVED.value, attempt=0,
+                actor=actor))
+            self._audit(conn, now, "message.accept", msg.message_id, "received", actor)
+
         try:  # the primary key and the unique index are the duplicate checks; a failure says which below
-            async with self._write() as conn:
-                await conn.execute(insert(messages).values(row))
-                await conn.execute(insert(pickups).values(
-                    at=now, file_name=msg.file_name, size=msg.size, sha256=msg.sha256, outcome="accepted",
-                    message_id=msg.message_id, spool_path=msg.spool_path))
-                await conn.execute(insert(transitions).values(
-                    message_id=msg.message_id, at=now, from_state=None, to_state=State.RECEIVED.value, attempt=0,
-                    actor=actor))
-                await self._audit(conn, now, "message.accept", msg.message_id, "received", actor)
+            await self._run.write(tx)
         except IntegrityError:
-            async with self._read() as conn:
-                await self._refuse_duplicate(conn, msg)
+            await self._run.read(self._refuse_duplicate, msg)
             raise
         return _record([row[f.name] for f in fields(MessageRecord)])
 
@@ -266,25 +272,33 @@ class Store:
 
     async def _record_pickup(self, values: dict[str, Any], action: str, obj: str, result: str, actor: str) -> Pickup:
         now = self._now()
-        async with self._write() as conn:
-            row = (await conn.execute(insert(pickups).values(at=now, **values).returning(*_PICKUP_COLS))).one()
-            await self._audit(conn, now, action, obj, result, actor)
-        return Pickup(*row)
+
+        def tx(conn: Connection) -> Pickup:
+            row = conn.execute(_INSERT_PICKUP_RETURNING, dict(at=now, **values)).one()
+            self._audit(conn, now, action, obj, result, actor)
+            return Pickup(*row)
+
+        return await self._run.write(tx)
 
     async def pending_pickups(self) -> list[Pickup]:
         """Accepted pickups whose file move was never confirmed: start-up reconciliation finishes them."""
-        async with self._read() as conn:
-            rows = await conn.execute(select(*_PICKUP_COLS).where(
+        def tx(conn: Connection) -> list[Pickup]:
+            rows = conn.execute(select(*_PICKUP_COLS).where(
                 pickups.c.outcome == "accepted", pickups.c.confirmed_at.is_(None)).order_by(pickups.c.id))
             return [Pickup(*r) for r in rows]
+
+        return await self._run.read(tx)
 
     async def confirm_pickup(self, pickup_id: int) -> None:
         """The spool copy is durable and the outbox file is gone."""
         now = self._now()
-        async with self._write() as conn:
-            res = await conn.execute(update(pickups).where(pickups.c.id == pickup_id).values(confirmed_at=now))
+
+        def tx(conn: Connection) -> None:
+            res = conn.execute(update(pickups).where(pickups.c.id == pickup_id).values(confirmed_at=now))
             if res.rowcount != 1:
                 raise StoreError(f"no pickup {pickup_id}")
+
+        await self._run.write(tx)
 
     # -- state
 
@@ -307,100 +321,102 @@ class Store:
         _check_fields(to, fields)
         if receipt is not None:
             _check_receipt_kind(receipt.kind)
+        expected = None if expect is None else (
+            {State(expect)} if isinstance(expect, str) else {State(s) for s in expect})
         now = self._now()
-        async with self._write() as conn:
-            record = await self._move(conn, message_id, to, now=now, reason=reason, actor=actor, expect=expect,
-                                      owner=owner, attempt=attempt, remote_reply=remote_reply, origin=origin,
-                                      fields=fields)
-            if receipt is not None:
-                await self._add_receipt(conn, now, message_id, receipt, actor)
-        return record
 
-    async def _move(self, conn: AsyncConnection, message_id: str, to: State, *, now: datetime, reason: str | None,
-                    actor: str, expect: Iterable[State] | State | None, owner: str | None = None,
-                    attempt: int | None = None, remote_reply: str | None = None, origin: str | None = None,
-                    fields: dict[str, Any]) -> MessageRecord:
-        m = messages.c
-        cur = (await conn.execute(select(m.state, m.lease_owner).where(m.message_id == message_id)
-                                  .with_for_update())).first()
+        def tx(conn: Connection) -> MessageRecord:
+            record = self._move(conn, message_id, to, now=now, reason=reason, actor=actor, expect=expected,
+                                owner=owner, attempt=attempt, remote_reply=remote_reply, origin=origin,
+                                fields=fields)
+            if receipt is not None:
+                self._add_receipt(conn, now, message_id, receipt, actor)
+            return record
+
+        return await self._run.write(tx)
+
+    def _move(self, conn: Connection, message_id: str, to: State, *, now: datetime, reason: str | None,
+              actor: str, expect: set[State] | None, owner: str | None = None, attempt: int | None = None,
+              remote_reply: str | None = None, origin: str | None = None,
+              fields: dict[str, Any]) -> MessageRecord:
+        cur = conn.execute(_LOCK_ONE, {"_mid": message_id}).first()
         if cur is None:
             raise UnknownMessage(message_id)
         frm = State(cur.state)
-        if expect is not None:
-            expected = {State(expect)} if isinstance(expect, str) else {State(s) for s in expect}
-            if frm not in expected:
-                raise StaleState(message_id, frm, expected)
+        if expect is not None and frm not in expect:
+            raise StaleState(message_id, frm, expect)
         if owner is not None and (frm is not State.SENDING or cur.lease_owner != owner):
             raise StaleState(message_id, frm, {State.SENDING}, f" under a lease of {owner}")
         check_edge(message_id, frm, to)
         values: dict[str, Any] = {"state": to.value, "reason": reason, "updated_at": now, **fields}
         if frm is State.SENDING and to is not State.SENDING:
             values.update(lease_owner=None, lease_until=None)
-        if to is State.SENDING:
-            values.setdefault("attempts", m.attempts + 1)
+        statement = _UPDATE_ONE
+        if to is State.SENDING and "attempts" not in values:
+            statement = _UPDATE_ONE_COUNTED
         if to is State.QUEUED:
             values.setdefault("next_attempt_at", now)
         elif to is not State.RETRY_WAIT:
             values["next_attempt_at"] = None
         if (stamp := _STAMPS.get(to)) and frm is not to:
             values.setdefault(stamp, now)
-        row = (await conn.execute(update(messages).where(m.message_id == message_id, m.state == frm.value)
-                                  .values(values).returning(*_RECORD_COLS))).first()
+        row = conn.execute(statement, {**values, "_mid": message_id, "_frm": frm.value}).first()
         if row is None:  # only possible without the row lock (never on SQLite under BEGIN IMMEDIATE)
             raise StaleState(message_id, None, {frm})
         record = _record(row)
-        await conn.execute(insert(transitions).values(
+        conn.execute(_INSERT_TRANSITION, dict(
             message_id=message_id, at=now, from_state=frm.value, to_state=to.value, reason=reason,
             attempt=record.attempts if attempt is None else attempt, remote_reply=remote_reply, actor=actor))
-        await self._audit(conn, now, "message.transition", message_id,
-                          f"{frm} -> {to}" + (f": {reason}" if reason else ""), actor, origin)
+        self._audit(conn, now, "message.transition", message_id,
+                    f"{frm} -> {to}" + (f": {reason}" if reason else ""), actor, origin)
         return record
 
     async def save_sealed(self, message_id: str, entity: bytes, mic: str, *, transport: str, address: str,
                           profile: str, actor: str = "sealer", reason: str | None = None) -> MessageRecord:
         """Keep the sealed bytes and queue the message (``received``/``held`` -> ``queued``, due now), atomically."""
         now = self._now()
-        async with self._write() as conn:
-            record = await self._move(conn, message_id, State.QUEUED, now=now, reason=reason, actor=actor,
-                                      expect=(State.RECEIVED, State.HELD),
-                                      fields=dict(mic=mic, transport=transport, address=address))
-            await conn.execute(delete(sealed).where(sealed.c.message_id == message_id))
-            await conn.execute(insert(sealed).values(message_id=message_id, entity=entity, mic=mic,
-                                                     profile=profile, sealed_at=now))
-        return record
+
+        def tx(conn: Connection) -> MessageRecord:
+            record = self._move(conn, message_id, State.QUEUED, now=now, reason=reason, actor=actor,
+                                expect={State.RECEIVED, State.HELD},
+                                fields=dict(mic=mic, transport=transport, address=address))
+            conn.execute(_DELETE_SEALED, {"_mid": message_id})
+            conn.execute(_INSERT_SEALED, dict(message_id=message_id, entity=entity, mic=mic, profile=profile,
+                                              sealed_at=now))
+            return record
+
+        return await self._run.write(tx)
 
     async def sealed(self, message_id: str) -> bytes:
-        async with self._read() as conn:
-            entity = (await conn.execute(select(sealed.c.entity)
-                                         .where(sealed.c.message_id == message_id))).scalar_one_or_none()
+        entity = await self._run.read(_scalar, _SEALED_ENTITY, {"_mid": message_id})
         if entity is None:
             raise StoreError(f"no sealed entity for message {message_id}")
         return bytes(entity)
 
-    async def _move_many(self, conn: AsyncConnection, rows: Sequence[Row[Any]], to: State, now: datetime,
-                         values: dict[str, Any], reason: str | None, actor: str) -> list[MessageRecord]:
+    def _move_many(self, conn: Connection, statement: Any, rows: Sequence[Row[Any]], to: State, now: datetime,
+                   values: dict[str, Any], reason: str | None, actor: str) -> list[MessageRecord]:
         """One edge for many rows (claim, lease release): one UPDATE, then their transition and audit rows.
 
         ``rows`` (message_id, state) were read in this write transaction (SQLite: under the write
         lock; PostgreSQL: FOR UPDATE), so they cannot have changed since. The UPDATE names them by
         primary key only: an extra condition on state made SQLite's planner scan the state index.
+        ``statement`` is ``_UPDATE_MANY`` or one of its variants that also change ``attempts``.
         """
         ids = [r.message_id for r in rows]
         before = {r.message_id: State(r.state) for r in rows}
         for mid, frm in before.items():
             check_edge(mid, frm, to)
-        changed = (await conn.execute(update(messages).where(messages.c.message_id.in_(ids))
-                                      .values(state=to.value, reason=reason, updated_at=now, **values)
-                                      .returning(*_RECORD_COLS))).all()
+        changed = conn.execute(statement, dict(state=to.value, reason=reason, updated_at=now, **values,
+                                               _ids=ids)).all()
         if len(changed) != len(ids):  # cannot happen with the rows locked; roll everything back if it does
             raise StoreError(f"{len(ids) - len(changed)} of {len(ids)} rows vanished during a transition to {to}")
         by_id = {r.message_id: _record(r) for r in changed}
         records = [by_id[i] for i in ids]
-        await conn.execute(insert(transitions), [
+        conn.execute(_INSERT_TRANSITION, [
             dict(message_id=r.message_id, at=now, from_state=before[r.message_id].value, to_state=to.value,
                  reason=reason, attempt=r.attempts, remote_reply=None, actor=actor) for r in records])
         result = f"-> {to}" + (f": {reason}" if reason else "")
-        await self._audit_rows(conn, [
+        self._audit_rows(conn, [
             dict(at=now, action="message.transition", object=r.message_id,
                  result=f"{before[r.message_id]} {result}", origin=self.origin, actor=actor) for r in records])
         return records
@@ -415,103 +431,105 @@ class Store:
         if limit <= 0:
             return []
         now = self._now()
-        m = messages.c
-        async with self._write() as conn:
-            rows = (await conn.execute(claim_query(now, limit, exclude_destinations))).all()
+        query, params = _claim_statement(now, limit, exclude_destinations)
+
+        def tx(conn: Connection) -> list[MessageRecord]:
+            rows = conn.execute(query, params).all()
             if not rows:
                 return []
-            return await self._move_many(
-                conn, rows, State.SENDING, now,
-                dict(lease_owner=owner, lease_until=now + lease, attempts=m.attempts + 1, next_attempt_at=None),
-                None, owner)
+            return self._move_many(conn, _CLAIMED, rows, State.SENDING, now,
+                                   dict(lease_owner=owner, lease_until=now + lease, next_attempt_at=None),
+                                   None, owner)
+
+        return await self._run.write(tx)
 
     async def renew_lease(self, message_id: str, owner: str, lease: timedelta) -> datetime:
         """Extend ``owner``'s lease; ``StaleState`` when the message is no longer sending under it."""
         now = self._now()
         until = now + lease
-        m = messages.c
-        async with self._write() as conn:
-            res = await conn.execute(update(messages).where(
-                m.message_id == message_id, m.state == State.SENDING.value, m.lease_owner == owner)
-                .values(lease_until=until, updated_at=now))
+
+        def tx(conn: Connection) -> None:
+            res = conn.execute(_RENEW, dict(lease_until=until, updated_at=now, _mid=message_id, _owner=owner))
             if res.rowcount != 1:
-                state = (await conn.execute(select(m.state).where(m.message_id == message_id))).scalar()
+                state = conn.execute(_STATE_OF, {"_mid": message_id}).scalar()
                 if state is None:
                     raise UnknownMessage(message_id)
                 raise StaleState(message_id, State(state), {State.SENDING}, f" under a lease of {owner}")
+
+        await self._run.write(tx)
         return until
 
     async def release_expired_leases(self) -> list[str]:
         """``sending`` rows whose lease ran out -> ``retry_wait``, due now (the attempt stays counted)."""
         now = self._now()
-        m = messages.c
-        async with self._write() as conn:
-            rows = (await conn.execute(select(m.message_id, m.state).where(m.state == State.SENDING.value,
-                                                                           m.lease_until < now)
-                                       .with_for_update(skip_locked=True))).all()
+
+        def tx(conn: Connection) -> list[MessageRecord]:
+            rows = conn.execute(select(m.message_id, m.state).where(m.state == State.SENDING.value,
+                                                                    m.lease_until < now)
+                                .with_for_update(skip_locked=True)).all()
             if not rows:
                 return []
-            records = await self._move_many(conn, rows, State.RETRY_WAIT, now,
-                                            dict(lease_owner=None, lease_until=None, next_attempt_at=now),
-                                            LEASE_EXPIRED, "store")
-        ids = [r.message_id for r in records]
-        log.warning("store.leases_expired", count=len(ids), message_ids=ids)
+            return self._move_many(conn, _UPDATE_MANY, rows, State.RETRY_WAIT, now,
+                                   dict(lease_owner=None, lease_until=None, next_attempt_at=now),
+                                   LEASE_EXPIRED, "store")
+
+        ids = [r.message_id for r in await self._run.write(tx)]
+        if ids:
+            log.warning("store.leases_expired", count=len(ids), message_ids=ids)
         return ids
 
     async def release_owned(self, owner: str) -> list[str]:
         """Graceful stop: ``owner``'s ``sending`` rows -> ``queued``, due now, the attempt not counted."""
         now = self._now()
-        m = messages.c
-        async with self._write() as conn:
-            rows = (await conn.execute(select(m.message_id, m.state).where(m.state == State.SENDING.value,
-                                                                           m.lease_owner == owner)
-                                       .with_for_update(skip_locked=True))).all()
+
+        def tx(conn: Connection) -> list[MessageRecord]:
+            rows = conn.execute(select(m.message_id, m.state).where(m.state == State.SENDING.value,
+                                                                    m.lease_owner == owner)
+                                .with_for_update(skip_locked=True)).all()
             if not rows:
                 return []
-            records = await self._move_many(conn, rows, State.QUEUED, now,
-                                            dict(lease_owner=None, lease_until=None, next_attempt_at=now,
-                                                 attempts=m.attempts - 1),
-                                            "released: graceful stop", owner)
-        ids = [r.message_id for r in records]
-        log.info("store.leases_released", owner=owner, count=len(ids))
+            return self._move_many(conn, _RELEASED, rows, State.QUEUED, now,
+                                   dict(lease_owner=None, lease_until=None, next_attempt_at=now),
+                                   "released: graceful stop", owner)
+
+        ids = [r.message_id for r in await self._run.write(tx)]
+        if ids:
+            log.info("store.leases_released", owner=owner, count=len(ids))
         return ids
 
     # -- reads
 
     async def get(self, message_id: str) -> MessageRecord | None:
-        return await self._one(messages.c.message_id == message_id)
+        return await self._run.read(_one, _GET_BY_ID, message_id)
 
     async def by_mail_message_id(self, mail_message_id: str) -> MessageRecord | None:
-        return await self._one(messages.c.mail_message_id == mail_message_id)
-
-    async def _one(self, where: Any) -> MessageRecord | None:
-        async with self._read() as conn:
-            row = (await conn.execute(select(*_RECORD_COLS).where(where).limit(1))).first()
-        return None if row is None else _record(row)
+        return await self._run.read(_one, _GET_BY_MAIL_ID, mail_message_id)
 
     async def timeline(self, message_id: str) -> list[Transition]:
-        async with self._read() as conn:
-            rows = await conn.execute(select(*_TRANSITION_COLS).where(transitions.c.message_id == message_id)
-                                      .order_by(transitions.c.id))
+        def tx(conn: Connection) -> list[Transition]:
+            rows = conn.execute(select(*_TRANSITION_COLS).where(transitions.c.message_id == message_id)
+                                .order_by(transitions.c.id))
             return [_transition(r) for r in rows]
+
+        return await self._run.read(tx)
 
     async def counts(self) -> dict[State, int]:
         """Messages per state (every state present); ``rejected`` counts rejected pickups."""
-        out = dict.fromkeys(State, 0)
-        async with self._read() as conn:
-            for state, n in await conn.execute(select(messages.c.state, func.count())
-                                               .group_by(messages.c.state)):
+        def tx(conn: Connection) -> dict[State, int]:
+            out = dict.fromkeys(State, 0)
+            for state, n in conn.execute(select(m.state, func.count()).group_by(m.state)):
                 out[State(state)] = n
-            out[State.REJECTED] = (await conn.execute(select(func.count()).select_from(pickups)
-                                                      .where(pickups.c.outcome == "rejected"))).scalar_one()
-        return out
+            out[State.REJECTED] = conn.execute(select(func.count()).select_from(pickups)
+                                               .where(pickups.c.outcome == "rejected")).scalar_one()
+            return out
+
+        return await self._run.read(tx)
 
     async def list(self, *, states: Iterable[State] | None = None, type: str | None = None,
                    party: str | None = None, since: datetime | None = None, until: datetime | None = None,
                    limit: int = 100, after: str | None = None) -> list[MessageRecord]:
         """Newest first (``received_at``, then id). ``party`` matches sender or recipient; ``since`` is
         inclusive, ``until`` exclusive; ``after`` is the last message id of the previous page."""
-        m = messages.c
         q = select(*_RECORD_COLS)
         if states is not None:
             q = q.where(m.state.in_([State(s).value for s in states]))
@@ -523,39 +541,36 @@ class Store:
             q = q.where(m.received_at >= since)
         if until is not None:
             q = q.where(m.received_at < until)
-        async with self._read() as conn:
+
+        def tx(conn: Connection) -> list[MessageRecord]:
+            page = q
             if after is not None:
-                at = (await conn.execute(select(m.received_at).where(m.message_id == after))).scalar()
+                at = conn.execute(select(m.received_at).where(m.message_id == after)).scalar()
                 if at is None:
                     raise UnknownMessage(after)
-                q = q.where(or_(m.received_at < at, and_(m.received_at == at, m.message_id < after)))
-            rows = await conn.execute(q.order_by(m.received_at.desc(), m.message_id.desc()).limit(limit))
+                page = q.where(or_(m.received_at < at, and_(m.received_at == at, m.message_id < after)))
+            rows = conn.execute(page.order_by(m.received_at.desc(), m.message_id.desc()).limit(limit))
             return [_record(r) for r in rows]
+
+        return await self._run.read(tx)
 
     async def sent_without_receipt(self, older_than: datetime, *,
                                    include_delivered: bool = False) -> list[MessageRecord]:
         """Sent at or before ``older_than`` and still ``sent`` (no DSN nor MDN); with ``include_delivered``
         also ``delivered`` ones still waiting for their signed receipt. Oldest first."""
         wanted = [State.SENT.value] + ([State.DELIVERED.value] if include_delivered else [])
-        m = messages.c
-        async with self._read() as conn:
-            rows = await conn.execute(select(*_RECORD_COLS).where(m.state.in_(wanted), m.sent_at <= older_than)
-                                      .order_by(m.sent_at, m.message_id))
-            return [_record(r) for r in rows]
+        query = select(*_RECORD_COLS).where(m.state.in_(wanted), m.sent_at <= older_than) \
+            .order_by(m.sent_at, m.message_id)
+        return await self._run.read(_records, query)
 
     async def next_due(self) -> datetime | None:
         """When the dispatcher has work next (may be in the past: work is due now)."""
-        m = messages.c
-        async with self._read() as conn:
-            return (await conn.execute(select(func.min(m.next_attempt_at))
-                                       .where(m.state.in_(_WAITING)))).scalar()
+        return await self._run.read(_scalar, select(func.min(m.next_attempt_at)).where(m.state.in_(_WAITING)), {})
 
     async def next_lease_expiry(self) -> datetime | None:
         """The earliest lease end among ``sending`` messages (when ``release_expired_leases`` has work)."""
-        m = messages.c
-        async with self._read() as conn:
-            return (await conn.execute(select(func.min(m.lease_until))
-                                       .where(m.state == State.SENDING.value))).scalar()
+        return await self._run.read(
+            _scalar, select(func.min(m.lease_until)).where(m.state == State.SENDING.value), {})
 
     # -- receipts and audit
 
@@ -564,40 +579,66 @@ class Store:
         """Keep a receipt (no state change: use ``transition(..., receipt=...)`` to do both at once)."""
         _check_receipt_kind(kind)
         now = self._now()
-        async with self._write() as conn:
-            exists = (await conn.execute(select(messages.c.message_id)
-                                         .where(messages.c.message_id == message_id))).first()
-            if exists is None:
-                raise UnknownMessage(message_id)
-            await self._add_receipt(conn, now, message_id, NewReceipt(kind, verdict, detail), actor)
 
-    async def _add_receipt(self, conn: AsyncConnection, now: datetime, message_id: str, receipt: NewReceipt,
-                           actor: str) -> None:
-        await conn.execute(insert(receipts).values(message_id=message_id, at=now, kind=receipt.kind,
-                                                   verdict=receipt.verdict, detail=receipt.detail))
-        await self._audit(conn, now, "receipt.add", message_id, f"{receipt.kind}: {receipt.verdict}", actor)
+        def tx(conn: Connection) -> None:
+            if conn.execute(_EXISTS, {"_mid": message_id}).first() is None:
+                raise UnknownMessage(message_id)
+            self._add_receipt(conn, now, message_id, NewReceipt(kind, verdict, detail), actor)
+
+        await self._run.write(tx)
+
+    def _add_receipt(self, conn: Connection, now: datetime, message_id: str, receipt: NewReceipt,
+                     actor: str) -> None:
+        conn.execute(_INSERT_RECEIPT, dict(message_id=message_id, at=now, kind=receipt.kind,
+                                           verdict=receipt.verdict, detail=receipt.detail))
+        self._audit(conn, now, "receipt.add", message_id, f"{receipt.kind}: {receipt.verdict}", actor)
 
     async def receipts(self, message_id: str) -> list[Receipt]:
-        async with self._read() as conn:
-            rows = await conn.execute(select(*_RECEIPT_COLS).where(receipts.c.message_id == message_id)
-                                      .order_by(receipts.c.id))
+        def tx(conn: Connection) -> list[Receipt]:
+            rows = conn.execute(select(*_RECEIPT_COLS).where(receipts.c.message_id == message_id)
+                                .order_by(receipts.c.id))
             return [Receipt(*r) for r in rows]
+
+        return await self._run.read(tx)
 
     async def audit(self, *, action: str, object: str, result: str, origin: str | None = None,
                     actor: str) -> None:
         """An audit row for an event that is not a transition (an alert, an operator's look, a login)."""
         now = self._now()
-        async with self._write() as conn:
-            await self._audit(conn, now, action, object, result, actor, origin)
+        await self._run.write(self._audit, now, action, object, result, actor, origin)
 
     async def audit_rows(self, limit: int = 100, *, object: str | None = None) -> list[dict[str, Any]]:
         """The most recent audit rows, newest first (optionally of one object)."""
         q = select(audit)
         if object is not None:
             q = q.where(audit.c.object == object)
-        async with self._read() as conn:
-            rows = await conn.execute(q.order_by(audit.c.id.desc()).limit(limit))
-            return [dict(r._mapping) for r in rows]
+        q = q.order_by(audit.c.id.desc()).limit(limit)
+
+        def tx(conn: Connection) -> list[dict[str, Any]]:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+        return await self._run.read(tx)
+
+
+# -- reads shared by several methods (they run in a reader thread)
+
+def _find_pickup_tx(conn: Connection, sha256: str) -> Pickup | None:
+    row = conn.execute(select(*_PICKUP_COLS).where(pickups.c.sha256 == sha256)
+                       .order_by((pickups.c.outcome == "accepted").desc(), pickups.c.id.desc()).limit(1)).first()
+    return None if row is None else Pickup(*row)
+
+
+def _one(conn: Connection, query: Select[Any], message_id: str) -> MessageRecord | None:
+    row = conn.execute(query, {"_mid": message_id}).first()
+    return None if row is None else _record(row)
+
+
+def _records(conn: Connection, query: Select[Any]) -> list[MessageRecord]:
+    return [_record(r) for r in conn.execute(query)]
+
+
+def _scalar(conn: Connection, query: Select[Any], params: dict[str, Any]) -> Any:
+    return conn.execute(query, params).scalar()
 
 
 def _check_fields(to: State, fields: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import pytest
@@ -32,10 +33,15 @@ async def test_a_fresh_file_gets_the_schema_and_the_pragmas(store, db_path):
     assert applied(db_path) == [(1, MIGRATIONS[0].description)]
     with sqlite3.connect(db_path) as c:
         assert c.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent, set by the store
-    async with store._engine.connect() as conn:  # per-connection settings of the store's own connections
-        got = {p: (await conn.exec_driver_sql(f"PRAGMA {p}")).scalar() for p in
-               ("foreign_keys", "synchronous", "busy_timeout")}
-    assert got == {"foreign_keys": 1, "synchronous": 2, "busy_timeout": 15000}
+
+    def pragmas(conn: Connection) -> dict:
+        return {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar() for p in
+                ("foreign_keys", "synchronous", "busy_timeout", "journal_mode")}
+
+    # per-connection settings of the store's own connections: the writer's and every reader's
+    want = {"foreign_keys": 1, "synchronous": 2, "busy_timeout": 15000, "journal_mode": "wal"}
+    assert await store._run.write(pragmas) == want
+    assert await asyncio.gather(*(store._run.read(pragmas) for _ in range(8))) == [want] * 8
 
 
 def master(path) -> list[tuple]:
