@@ -7,7 +7,9 @@ for one ``accept``). Writes all run in one dedicated writer thread that owns the
 write connection, so the writers of one process queue there, in order, instead
 of on SQLite's sleeping busy handler. Reads run on a small pool of reader
 threads, each with its own connection, so a read never waits behind a write
-(nor behind another process's write lock: WAL).
+(nor behind another process's write lock: WAL). An in-memory SQLite database
+(tests, demos) exists only inside its one connection: there the reads take
+their turn in the writer thread, on that connection.
 
 URLs: configuration names async drivers (``sqlite+aiosqlite:///…``,
 ``postgresql+asyncpg://…``) because the daemon is asyncio; the store maps them
@@ -37,6 +39,7 @@ from typing import Any, TypeVar
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
 
 log = structlog.get_logger(__name__)
 
@@ -56,13 +59,23 @@ def sync_url(url: str | URL) -> URL:
     return u
 
 
+def in_memory(url: URL) -> bool:
+    """A SQLite database that lives in its connection: every connection would open another, empty one."""
+    return url.get_backend_name() == "sqlite" and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory")
+
+
 def make_engine(url: str | URL) -> Engine:
     """A synchronous engine with the store's connection settings (SQLite: pragmas and explicit BEGIN)."""
     u = sync_url(url)
-    sqlite = u.get_backend_name() == "sqlite"
-    # SQLite: the connections are made and used in the store's threads, and closed from another one
-    engine = create_engine(u, pool_size=READERS + 1, connect_args={"check_same_thread": False} if sqlite else {})
-    if sqlite:
+    if in_memory(u):  # one connection, used by the writer thread alone (see Runner)
+        engine = create_engine(u, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    elif u.get_backend_name() == "sqlite":
+        # the connections are made and used in the store's threads, and closed from another one
+        engine = create_engine(u, pool_size=READERS + 1, connect_args={"check_same_thread": False})
+    else:
+        engine = create_engine(u, pool_size=READERS + 1)
+    if u.get_backend_name() == "sqlite":
         _configure_sqlite(engine)
     return engine
 
@@ -94,7 +107,9 @@ class Runner:
     def __init__(self, engine: Engine, readers: int = READERS):
         self.engine = engine
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-writer")
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="store-reader")
+        # an in-memory database has one connection: its reads take their turn in the writer thread
+        self._readers = self._writer if in_memory(engine.url) else ThreadPoolExecutor(
+            readers, thread_name_prefix="store-reader")
         self._begin_write = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None
         self._local = threading.local()  # each thread's own connection
         self._opened: list[Connection] = []

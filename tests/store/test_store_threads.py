@@ -31,6 +31,22 @@ async def test_the_daemons_url_opens_on_the_stdlib_driver(store):
     assert repr(store).startswith("<Store sqlite:")
 
 
+@pytest.mark.parametrize("url", ["sqlite+aiosqlite://", "sqlite+aiosqlite:///:memory:",
+                                 "sqlite+aiosqlite:///file:gw?mode=memory&cache=shared&uri=true"])
+async def test_an_in_memory_store_is_one_database(url, clock, make):
+    """In memory, each connection would be a database of its own: reads must see what writes wrote."""
+    s = await Store.open(url, clock=clock)
+    try:
+        await s.accept(make("m1"))
+        assert (await s.get("m1")).state is State.RECEIVED
+        assert (await s.counts())[State.RECEIVED] == 1
+        ident = threading.get_ident
+        assert len({await s._run.write(lambda _c: ident()), *(await asyncio.gather(
+            *(s._run.read(lambda _c: ident()) for _ in range(8))))}) == 1
+    finally:
+        await s.close()
+
+
 async def test_writes_run_in_one_thread_reads_in_others(store):
     def ident(_conn) -> int:
         return threading.get_ident()
