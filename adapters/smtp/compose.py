@@ -30,6 +30,8 @@ from email.utils import format_datetime
 
 CRLF = b"\r\n"
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
+#: the bytes a 7-bit mail may carry, for bytes.translate (a C pass; the regex below only names the offset)
+_SEVEN_BIT = bytes([9, 10, 13, *range(0x20, 0x7F)])
 
 DISPOSITION_OPTIONS = (
     "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, sha-256"
@@ -90,15 +92,15 @@ def split_entity(entity: bytes) -> tuple[list[bytes], bytes]:
     if not isinstance(entity, (bytes, bytearray)):
         raise ValueError("the sealed entity must be bytes")
     entity = bytes(entity)
-    bad = _BAD_BYTES.search(entity)
-    if bad:
+    if entity.translate(None, _SEVEN_BIT) or not entity.count(b"\r") == entity.count(b"\n") == entity.count(CRLF):
+        bad = _BAD_BYTES.search(entity)
         raise ValueError(f"the sealed entity has a byte that cannot travel in a 7-bit mail at offset {bad.start()}")
     head, sep, body = entity.partition(b"\r\n\r\n")
     if not sep or not head:
         raise ValueError("the sealed entity has no header section ended by an empty line")
     if body and not body.endswith(CRLF):
         body += CRLF
-    if any(len(line) > MAX_LINE for line in entity.split(CRLF)):
+    if max(map(len, entity.split(CRLF))) > MAX_LINE:
         raise ValueError(f"the sealed entity has a line longer than {MAX_LINE} octets")
     lines = head.split(CRLF)
     if lines[0][:1] in (b" ", b"\t"):

@@ -114,9 +114,10 @@ class Pickup:
     async def take(self, name: str) -> None:
         path = self.outbox / name
         size = path.stat().st_size
-        data = outbox_fs.read_bounded(path, self.max_bytes)
+        # file system work (reads, renames, fsyncs) runs in threads: the event loop keeps sending
+        data = await asyncio.to_thread(outbox_fs.read_bounded, path, self.max_bytes)
         if data is None:
-            sha256 = _sha256_file(path)
+            sha256 = await asyncio.to_thread(_sha256_file, path)
             await self._reject(name, size, sha256, _too_large(name, size, self.max_bytes), "too-large")
             return
         sha256 = hashlib.sha256(data).hexdigest()
@@ -148,7 +149,7 @@ class Pickup:
                                   "<vervangt>)" if e.kind == "same-id" else
                                   f"this exact file was already taken as message {facts.message_id}")
             return
-        outbox_fs.move(path, self.spool / spool_name)
+        await asyncio.to_thread(outbox_fs.move, path, self.spool / spool_name)
         pickup = await self.store.find_pickup(sha256)
         await self.store.confirm_pickup(pickup.id)
         log.info("picked-up", message_id=facts.message_id, type=facts.type, recipient=facts.recipient,
@@ -162,7 +163,7 @@ class Pickup:
         await self.store.record_rejection(file_name=name, size=size, sha256=sha256,
                                           declared_id=verdict.get("message_id"), declared_type=verdict.get("type"),
                                           reason=code, rejected_path=str(self.rejected / target))
-        self._file_away(name, target, verdict)
+        await asyncio.to_thread(self._file_away, name, target, dict(verdict, sha256=sha256))
         # the file's name is the producer's choice and may hold personal data: the log names its hash
         log.warning("rejected", sha256=sha256[:16], folder="rejected", declared_id=verdict.get("message_id"),
                     declared_type=verdict.get("type"),
@@ -176,7 +177,7 @@ class Pickup:
         verdict = {"file": name, "valid": False, "message_id": message_id, "duplicate": kind,
                    "problems": [{"code": f"duplicate-{kind}", "message": reason, "line": None, "path": "",
                                  "value": None}]}
-        self._file_away(name, target, dict(verdict, sha256=sha256))
+        await asyncio.to_thread(self._file_away, name, target, dict(verdict, sha256=sha256))
         log.warning("duplicate-dropped", sha256=sha256[:16], kind=kind, message_id=message_id, folder="rejected")
 
     def _file_away(self, name: str, target: str, verdict: dict) -> None:
