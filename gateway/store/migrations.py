@@ -156,8 +156,36 @@ def _v1_initial(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v2_inbound(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "inbound", md,
+        Column("message_id", String, primary_key=True),
+        Column("transport", String, nullable=False),
+        Column("transport_message_id", String),
+        Column("sender", String),
+        Column("signer_fingerprint", String),
+        Column("type", String),
+        Column("dossier", String),
+        Column("mic", String),
+        Column("sha256", String, nullable=False),
+        Column("received_at", UTCDateTime, nullable=False),
+        Column("outcome", String, nullable=False),
+        Column("reason_code", String),
+        Column("reason", Text),
+        Column("inbox_path", String),
+        Column("quarantine_path", String),
+        Column("receipt", LargeBinary),
+        Index("ix_inbound_transport_id", "transport", "transport_message_id"),
+        Index("ix_inbound_received_at", "received_at"),
+        CheckConstraint("outcome IN ('accepted', 'refused')", name="ck_inbound_outcome"),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
+    Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
 )
 
 

@@ -166,6 +166,35 @@ receipts = Table(
     Index("ix_receipts_message", "message_id"),
 )
 
+# The memory of what arrived (the receiving side): one row per message id, with the receipt it was given,
+# so a duplicate gets the same receipt again and never a second inbox file. Rows are never purged by
+# this version. A purge, when added, must keep every id at least as long as a sender may still resend
+# it: (1 + retries) x interval, i.e. the longest retry horizon of any partner (5 days for this gateway's
+# own senders, Postfix's maximal_queue_lifetime) plus a margin; keeping them for the retention period
+# of the messages themselves is simpler and costs ~1 KB a message (the receipt).
+inbound = Table(
+    "inbound", metadata,
+    Column("message_id", String, primary_key=True),  # the berichtId; "sha256:<hex>" for what could not be opened
+    Column("transport", String, nullable=False),  # "email" | "as2"
+    Column("transport_message_id", String),  # Message-ID of the mail or of the AS2 request, as received
+    Column("sender", String),  # party code, once the signer is verified as that party
+    Column("signer_fingerprint", String),  # hex SHA-256 of the signer's certificate
+    Column("type", String),
+    Column("dossier", String),
+    Column("mic", String),  # base64 SHA-256 of the signed part: the receipt's Received-Content-MIC
+    Column("sha256", String, nullable=False),  # of the entity as received
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("outcome", String, nullable=False),  # accepted | refused
+    Column("reason_code", String),  # refused: the receipt's reason slug
+    Column("reason", Text),  # refused: why, for the operator (no content)
+    Column("inbox_path", String),  # accepted: the .xml handed to the receiving systems
+    Column("quarantine_path", String),  # refused: where the entity is kept
+    Column("receipt", LargeBinary),  # the signed MDN entity as sent
+    Index("ix_inbound_transport_id", "transport", "transport_message_id"),
+    Index("ix_inbound_received_at", "received_at"),
+    CheckConstraint("outcome IN ('accepted', 'refused')", name="ck_inbound_outcome"),
+)
+
 schema_version = Table(
     "schema_version", metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),

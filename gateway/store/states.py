@@ -157,6 +157,35 @@ class Receipt:
     detail: str
 
 
+#: what became of a message that arrived (``inbound.outcome``)
+INBOUND_OUTCOMES = frozenset({"accepted", "refused"})
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """One row of ``inbound``: the memory of a message that arrived, and the receipt it was given.
+
+    ``message_id`` is the berichtId of an opened message; a message that could not be opened
+    (or whose content was not valid) is kept under ``sha256:<hex of the entity>``."""
+
+    message_id: str
+    transport: str  #: "email" | "as2"
+    transport_message_id: str | None  #: the mail's Message-ID or the AS2 Message-ID, as received
+    sender: str | None  #: party code, e.g. "pi:PI-VUGHT" (None: not established)
+    signer_fingerprint: str | None  #: hex SHA-256 of the signer's certificate (None: not verified)
+    type: str | None
+    dossier: str | None
+    mic: str | None  #: base64 SHA-256 of the signed part (the MDN's Received-Content-MIC)
+    sha256: str  #: hex digest of the entity as received
+    received_at: datetime
+    outcome: str  #: accepted | refused
+    reason_code: str | None  #: refused: the receipt's reason slug
+    reason: str | None  #: refused: for the operator (no content)
+    inbox_path: str | None  #: accepted: the .xml in the inbox
+    quarantine_path: str | None  #: refused: the entity kept in quarantine
+    receipt: bytes | None  #: the signed MDN entity exactly as sent (a duplicate gets these bytes again)
+
+
 class StoreError(Exception):
     """Something the store refused or could not do."""
 
@@ -190,6 +219,14 @@ class DuplicateMessage(StoreError):
     def __init__(self, kind: str, message_id: str | None, pickup: Pickup | None):
         super().__init__(f"duplicate ({kind}) of message {message_id}")
         self.kind, self.message_id, self.pickup = kind, message_id, pickup
+
+
+class DuplicateInbound(StoreError):
+    """The message id was accepted before: its row stays as it is (``existing`` is that row)."""
+
+    def __init__(self, existing: InboundRecord):
+        super().__init__(f"message {existing.message_id} was accepted before")
+        self.existing = existing
 
 
 class SchemaError(StoreError):

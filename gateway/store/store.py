@@ -44,9 +44,10 @@ from sqlalchemy.exc import IntegrityError
 
 from .engine import BUSY_TIMEOUT_MS, Runner, make_engine
 from .migrations import MIGRATIONS, Migration, apply_migrations
-from .schema import audit, messages, pickups, receipts, sealed, transitions
-from .states import (WAITING, DuplicateMessage, MessageRecord, NewMessage, NewReceipt, Pickup, Receipt, StaleState,
-                     State, StoreError, Transition, UnknownMessage, check_edge)
+from .schema import audit, inbound, messages, pickups, receipts, sealed, transitions
+from .states import (INBOUND_OUTCOMES, WAITING, DuplicateInbound, DuplicateMessage, InboundRecord, MessageRecord,
+                     NewMessage, NewReceipt, Pickup, Receipt, StaleState, State, StoreError, Transition, UnknownMessage,
+                     check_edge)
 
 __all__ = ["BUSY_TIMEOUT_MS", "LEASE_EXPIRED", "SETTABLE", "Store", "claim_query", "make_engine", "utcnow"]
 
@@ -101,6 +102,16 @@ _ACCEPTED_BY_SHA = select(*_PICKUP_COLS).where(pickups.c.outcome == "accepted",
                                                pickups.c.sha256 == bindparam("_sha"))
 _ACCEPTED_BY_ID = select(*_PICKUP_COLS).where(pickups.c.outcome == "accepted",
                                               pickups.c.message_id == bindparam("_mid"))
+_INBOUND_COLS = [inbound.c[f.name] for f in fields(InboundRecord)]
+_INBOUND_FIELDS = [f.name for f in fields(InboundRecord)]
+_INBOUND_BY_ID = select(*_INBOUND_COLS).where(inbound.c.message_id == bindparam("_mid")).with_for_update()
+# accepted first (the one a duplicate is answered with), then the latest refusal
+_INBOUND_BY_TRANSPORT = (select(*_INBOUND_COLS)
+                         .where(inbound.c.transport == bindparam("_transport"),
+                                inbound.c.transport_message_id == bindparam("_tmid"))
+                         .order_by((inbound.c.outcome == "accepted").desc(), inbound.c.received_at.desc()).limit(1))
+_INSERT_INBOUND = insert(inbound)
+_REPLACE_INBOUND = update(inbound).where(inbound.c.message_id == bindparam("_mid"), inbound.c.outcome == "refused")
 
 
 def _record(row: Row[Any] | Sequence[Any]) -> MessageRecord:
@@ -572,6 +583,56 @@ class Store:
         return await self._run.read(
             _scalar, select(func.min(m.lease_until)).where(m.state == State.SENDING.value), {})
 
+    # -- inbound (the receiving side)
+
+    async def find_inbound(self, message_id: str) -> InboundRecord | None:
+        """What is remembered of the message ``message_id`` that arrived (accepted or refused), or None."""
+        return await self._run.read(_inbound_one, _INBOUND_BY_ID, {"_mid": message_id})
+
+    async def find_inbound_by_transport(self, transport: str, transport_message_id: str) -> InboundRecord | None:
+        """The arrival with this transport message id: the accepted one if there is one, else the latest."""
+        return await self._run.read(_inbound_one, _INBOUND_BY_TRANSPORT,
+                                    {"_transport": transport, "_tmid": transport_message_id})
+
+    async def record_inbound(self, *, message_id: str, transport: str, sha256: str, outcome: str,
+                             transport_message_id: str | None = None, sender: str | None = None,
+                             signer_fingerprint: str | None = None, type: str | None = None,
+                             dossier: str | None = None, mic: str | None = None, reason_code: str | None = None,
+                             reason: str | None = None, inbox_path: str | None = None,
+                             quarantine_path: str | None = None, receipt: bytes | None = None,
+                             actor: str = "intake") -> InboundRecord:
+        """Remember an arrival and its receipt: the row and its audit row in one transaction.
+
+        An accepted message id is remembered for good: recording it again raises ``DuplicateInbound``
+        (carrying the row as it stays) and changes nothing. A refused one is replaced by the next
+        arrival of the same id (the cause, e.g. a stale CRL, may have been fixed since).
+        ``received_at`` is the store's clock.
+        """
+        if outcome not in INBOUND_OUTCOMES:
+            raise ValueError(f"inbound outcome must be accepted or refused, not {outcome!r}")
+        now = self._now()
+        row = dict(message_id=message_id, transport=transport, transport_message_id=transport_message_id,
+                   sender=sender, signer_fingerprint=signer_fingerprint, type=type, dossier=dossier, mic=mic,
+                   sha256=sha256, received_at=now, outcome=outcome, reason_code=reason_code, reason=reason,
+                   inbox_path=inbox_path, quarantine_path=quarantine_path,
+                   receipt=None if receipt is None else bytes(receipt))
+
+        def tx(conn: Connection) -> InboundRecord:
+            existing = conn.execute(_INBOUND_BY_ID, {"_mid": message_id}).first()
+            if existing is None:
+                conn.execute(_INSERT_INBOUND, row)
+            elif existing.outcome == "accepted":
+                raise DuplicateInbound(_inbound(existing))
+            else:
+                conn.execute(_REPLACE_INBOUND, {**{k: v for k, v in row.items() if k != "message_id"},
+                                                "_mid": message_id})
+            result = outcome if reason_code is None else f"{outcome}: {reason_code}"
+            self._audit(conn, now, f"inbound.{'accept' if outcome == 'accepted' else 'refuse'}", message_id,
+                        result, actor, transport)
+            return InboundRecord(**row)
+
+        return await self._run.write(tx)
+
     # -- receipts and audit
 
     async def add_receipt(self, message_id: str, *, kind: str, verdict: str, detail: str,
@@ -626,6 +687,18 @@ def _find_pickup_tx(conn: Connection, sha256: str) -> Pickup | None:
     row = conn.execute(select(*_PICKUP_COLS).where(pickups.c.sha256 == sha256)
                        .order_by((pickups.c.outcome == "accepted").desc(), pickups.c.id.desc()).limit(1)).first()
     return None if row is None else Pickup(*row)
+
+
+def _inbound(row: Row[Any]) -> InboundRecord:
+    values = dict(zip(_INBOUND_FIELDS, row))
+    if values["receipt"] is not None:
+        values["receipt"] = bytes(values["receipt"])
+    return InboundRecord(**values)
+
+
+def _inbound_one(conn: Connection, query: Select[Any], params: dict[str, Any]) -> InboundRecord | None:
+    row = conn.execute(query, params).first()
+    return None if row is None else _inbound(row)
 
 
 def _one(conn: Connection, query: Select[Any], message_id: str) -> MessageRecord | None:
