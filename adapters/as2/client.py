@@ -34,7 +34,9 @@ How answers and failures are classified (``.reason`` in operator words, never co
 =====================================  ============================================================
 
 A connection that the server closed while idle in the pool is retried once, transparently (same
-Message-ID). The client keeps one ``aiohttp.ClientSession`` (connections reused); it is safe for
+Message-ID). When a connection breaks before any answer, a fresh TLS handshake without a request
+tells a refused client certificate (TLS 1.3 reports it only after the request is on its way, as a
+reset; see ``_refused_at_tls``) from a transient failure. The client keeps one ``aiohttp.ClientSession`` (connections reused); it is safe for
 concurrent posts. Never logged: bodies, keys, the receipt address.
 """
 
@@ -141,6 +143,15 @@ class As2Security(As2Failure):
     """TLS or certificate trouble: hold for an operator, never downgrade."""
 
 
+class _Broken(Exception):
+    """The connection broke before an answer: temporary, unless the partner refuses us at TLS."""
+
+    def __init__(self, error: BaseException, reason: str):
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+
+
 def _ssl_error_in(exc: BaseException) -> ssl.SSLError | None:
     """The ssl.SSLError an aiohttp error was caused by, if any (walks the cause/context chain)."""
     seen = 0
@@ -234,10 +245,14 @@ class As2Client:
             try:
                 response = await self._exchange(headers, body, as2_id)
                 break
-            except aiohttp.ServerDisconnectedError:
-                if attempt == 2:
-                    raise As2Temporary("the partner closed the connection without an answer") from None
-                log.info("as2.retry_closed_connection", message_id=message_id, partner=self.partner.as2_to)
+            except _Broken as e:
+                if attempt == 1 and isinstance(e.error, aiohttp.ServerDisconnectedError):
+                    log.info("as2.retry_closed_connection", message_id=message_id, partner=self.partner.as2_to)
+                    continue
+                refused = await self._refused_at_tls()
+                if refused:
+                    raise As2Security(refused) from None
+                raise As2Temporary(e.reason) from None
         log.info("as2.posted", message_id=message_id, partner=self.partner.as2_to, status=response.status,
                  mdn=response.mdn_entity is not None, ms=round((time.perf_counter() - started) * 1000, 1))
         return response
@@ -258,11 +273,6 @@ class As2Client:
                 return self._classify(resp, data, as2_id)
         except As2Failure:
             raise
-        except aiohttp.ServerDisconnectedError as e:
-            tls = _ssl_error_in(e)
-            if tls is not None:
-                raise As2Security(_tls_words(tls)) from None
-            raise
         except aiohttp.ClientConnectorCertificateError as e:
             raise As2Security(_tls_words(e.certificate_error)) from None
         except asyncio.TimeoutError:
@@ -273,7 +283,38 @@ class As2Client:
                 raise As2Security(_tls_words(tls)) from None
             if isinstance(e, aiohttp.ClientConnectorError):
                 raise As2Temporary(f"could not connect to the partner ({type(e.os_error).__name__})") from None
-            raise As2Temporary(f"connection to the partner failed ({type(e).__name__})") from None
+            if isinstance(e, aiohttp.ServerDisconnectedError):
+                raise _Broken(e, "the partner closed the connection without an answer") from None
+            raise _Broken(e, f"connection to the partner failed ({type(e).__name__})") from None
+
+    async def _refused_at_tls(self) -> str | None:
+        """Why the partner refuses us at the TLS level, or None when it does not.
+
+        With TLS 1.3 the server checks our certificate after our side of the handshake is done, so a
+        refusal reaches the client as a reset or closed connection once the request is on its way (and
+        servers built on asyncio send no alert at all). After such a failure a fresh handshake without
+        a request tells: a server that accepts us waits for the request; one that refused us sends an
+        alert or hangs up at once."""
+        host, port = self._url.raw_host, self._url.port or 443
+        wait = min(1.0, self.settings.timeout)
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=self._ssl, server_hostname=host), wait)
+        except ssl.SSLError as e:
+            return _tls_words(e)
+        except (OSError, asyncio.TimeoutError):
+            return None
+        try:
+            data = await asyncio.wait_for(reader.read(1), wait)
+        except ssl.SSLError as e:
+            return _tls_words(e)
+        except (OSError, asyncio.TimeoutError):
+            return None
+        finally:
+            writer.close()
+        if data:
+            return None
+        return "TLS: the partner refused our client certificate (it hangs up right after the handshake)"
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         limit = self.settings.max_response_bytes

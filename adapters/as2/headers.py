@@ -1,9 +1,9 @@
 """AS2 headers (RFC 4130): names, Message-IDs, receipt options, and the sealed entity split for HTTP.
 
 AS2 names (AS2-From, AS2-To, RFC 4130 §6.2) are 1-128 printable ASCII characters, compared
-case-sensitively. Written: bare when every character is an RFC 5322 atext character, else as a
-quoted string with backslash before '"' and '\\'. Read: a quoted string is unquoted; anything else
-is taken as it stands (peers send names with spaces unquoted too).
+case-sensitively. Written: bare (AS2-atomic-name: printable ASCII but space, '"' and '\\') when
+possible, else as AS2-quoted-name with a backslash before '"' and '\\'. Read: a quoted string is
+unquoted; anything else is taken as it stands (peers send names with spaces unquoted too).
 
 The AS2 Message-ID is derived from the gateway's message id, ``<message id@AS2-From as a host-like
 name>``, so every retry and every resend carries the same one and the receiver can drop duplicates.
@@ -25,7 +25,7 @@ AS2_VERSION = "1.2"
 DISPOSITION_OPTIONS = "signed-receipt-protocol=optional, pkcs7-signature; signed-receipt-micalg=optional, sha-256"
 NAME_MAX = 128
 
-_ATEXT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+\Z")
+_AS2_TEXT = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+\Z")  # RFC 4130 §6.2 AS2-text
 _PRINTABLE = re.compile(r"[\x20-\x7e]+\Z")
 # a message id we write between '<' and '@': RFC 5322 dot-atom-text, bounded
 _ID_LEFT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
@@ -47,9 +47,9 @@ def check_name(name: str, what: str = "AS2 name") -> str:
 
 
 def quote_name(name: str) -> str:
-    """The header value for an AS2 name: bare when it is all atext, else a quoted string (RFC 4130 §6.2)."""
+    """The header value for an AS2 name: bare when it is all AS2-text, else quoted (RFC 4130 §6.2)."""
     check_name(name)
-    if _ATEXT.match(name):
+    if _AS2_TEXT.match(name):
         return name
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from adapters.as2 import As2Partner, As2Settings, make_app, serve
+from adapters.as2.headers import DISPOSITION_OPTIONS
+from adapters.as2.tls import client_context
 
 HOST = "127.0.0.1"
 
@@ -139,3 +142,21 @@ async def running(pki: TlsPki, handler, *, server: Leaf | None = None, client_ca
         yield runner
     finally:
         await runner.close()
+
+
+#: the headers of a minimal valid AS2 request (for requests written by hand)
+AS2_HEADERS = {"AS2-Version": "1.2", "AS2-From": "PI-VUGHT", "AS2-To": "PLATFORM", "Message-ID": "<raw-1@pi-vught>",
+               "Content-Type": "application/pkcs7-mime; smime-type=enveloped-data",
+               "Disposition-Notification-To": "as2@pi-vught.example.nl",
+               "Disposition-Notification-Options": DISPOSITION_OPTIONS}
+
+
+async def raw_post(url: str, pki: TlsPki, *, headers: dict[str, str], data=b"", method: str = "POST",
+                   client: Leaf | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A request written by hand (not through As2Client), with a client certificate: (status, headers, body)."""
+    client = client or pki.client
+    ctx = client_context(server_trust_pem=pki.ca.pem, client_cert_chain_pem=client.chain_pem,
+                         client_key_pem=client.key_pem)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+        async with session.request(method, url, data=data, headers=headers) as resp:
+            return resp.status, dict(resp.headers), await resp.read()
