@@ -76,7 +76,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
 
@@ -95,6 +95,8 @@ Usage = Literal["sign", "encrypt"]
 PathLike = str | os.PathLike
 MIN_RSA_BITS = 2048
 MAX_CHAIN_DEPTH = 8
+#: how long a validated path is reused before it is built and verified again
+CHAIN_REUSE = timedelta(minutes=5)
 _CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 _WEAK_HASHES = {"md5": "MD5", "sha1": "SHA-1"}
 _SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -220,6 +222,8 @@ class TrustStore:
         self._crl_signature_ok: dict[tuple[int, bytes], bool] = {}
         #: (validation time, verifier) of the last check; replaced as one tuple, so threads may share a store
         self._verifier: tuple[datetime, object] | None = None
+        #: (certificate, extra chain) -> (validated chain, valid from, reusable until)
+        self._chains: dict[tuple, tuple[tuple[x509.Certificate, ...], datetime, datetime]] = {}
 
     @classmethod
     def load(cls, anchors_pem: PathLike, intermediates_pem: PathLike | None = None, crls: Sequence[PathLike] = (),
@@ -287,6 +291,20 @@ class TrustStore:
         _check_signature_hash(cert)
 
     def _chain(self, cert: x509.Certificate, extra: list[x509.Certificate], at: datetime) -> list[x509.Certificate]:
+        # a path once built holds while every certificate on it is valid: reuse it for a few minutes (the
+        # verifier costs two RSA signature checks per message); revocation is still checked every time
+        key = (cert, tuple(extra))
+        known = self._chains.get(key)
+        if known is not None and known[1] <= at < known[2]:
+            return list(known[0])
+        chain = self._verify_chain(cert, extra, at)
+        if len(self._chains) >= 4096:
+            self._chains.clear()
+        self._chains[key] = (tuple(chain), max(c.not_valid_before_utc for c in chain),
+                             min([c.not_valid_after_utc for c in chain] + [at + CHAIN_REUSE]))
+        return chain
+
+    def _verify_chain(self, cert: x509.Certificate, extra: list[x509.Certificate], at: datetime) -> list[x509.Certificate]:
         cached = self._verifier
         if cached is None or cached[0] != at:
             cached = (at, PolicyBuilder().store(self._store).time(at).max_chain_depth(MAX_CHAIN_DEPTH)
