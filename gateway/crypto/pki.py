@@ -17,6 +17,7 @@ Private keys are written with mode 0600, unencrypted: development only.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -116,6 +117,32 @@ def issue_smime_certificate(party: DevParty, key: PrivateKey, issuer: x509.Certi
             .sign(issuer_key, hashes.SHA256()))
 
 
+def issue_tls_certificate(party: DevParty, key: PrivateKey, issuer: x509.Certificate, issuer_key: PrivateKey,
+                          not_before: datetime, days: int = 825) -> x509.Certificate:
+    """A TLS certificate for one party's AS2 endpoint and client side (mutual TLS): serverAuth and
+    clientAuth, the party code in serialNumber (how a peer ties the connection to a partner), and
+    localhost / 127.0.0.1 / the party's AS2 host name as names. Separate from the S/MIME certificate,
+    as PKIoverheid issues them."""
+    host = f"as2.{party.email.split('@', 1)[1]}"
+    return (x509.CertificateBuilder()
+            .subject_name(_name(party.name + " AS2", party.code)).issuer_name(issuer.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_before + timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=isinstance(key, rsa.RSAPrivateKey), data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.DNSName(host),
+                x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+            .sign(issuer_key, hashes.SHA256()))
+
+
 def _write(path: Path, data: bytes, private: bool = False) -> None:
     """Create `path` exclusively (never overwrite), fsynced; private files mode 0600 from the start."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +167,8 @@ def init_dev_pki(folder: str | os.PathLike, *, now: datetime | None = None) -> d
 
     Layout: ``ca/root.pem``, ``ca/issuing.pem`` (+ ``*-key.pem``), ``ca/issuing.crl.pem``,
     ``trust.pem`` (root + issuing), and per party ``parties/<code>/{key,cert,chain}.pem``
-    (chain = cert + issuing CA). Returns {party code: party folder}.
+    (chain = cert + issuing CA) and, for the TLS of the platform route, ``tls-key.pem`` and
+    ``tls-chain.pem``. Returns {party code: party folder}.
     """
     root_dir = Path(folder)
     if root_dir.exists() and any(root_dir.iterdir()):
@@ -168,6 +196,11 @@ def init_dev_pki(folder: str | os.PathLike, *, now: datetime | None = None) -> d
         _write(folder_of / "key.pem", _key_pem(key), private=True)
         _write(folder_of / "cert.pem", _pem(cert))
         _write(folder_of / "chain.pem", _pem(cert) + _pem(issuing))
+        if party in DEV_PARTIES:  # mutual TLS for the platform route (AS2)
+            tls_key = new_key("ec256")
+            tls = issue_tls_certificate(party, tls_key, issuing, issuing_key, start)
+            _write(folder_of / "tls-key.pem", _key_pem(tls_key), private=True)
+            _write(folder_of / "tls-chain.pem", _pem(tls) + _pem(issuing))
         parties[party.code] = folder_of
 
     crl = (x509.CertificateRevocationListBuilder()

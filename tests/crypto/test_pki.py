@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway.crypto.identity import IdentityError, load_pem_identity, load_pkcs12_identity
 from gateway.crypto.pki import DEV_PARTIES, PkiError, init_dev_pki
@@ -67,7 +69,7 @@ def test_private_keys_are_mode_0600(pki):
     """Every private key the PKI writes is readable by its owner only."""
     folder, _ = pki
     keys = list(folder.rglob("*key.pem"))
-    assert len(keys) == len(DEV_PARTIES) + 2 + 2
+    assert len(keys) == 2 * len(DEV_PARTIES) + 2 + 2  # S/MIME and TLS per party, the two test parties, two CAs
     assert all(stat.S_IMODE(os.stat(k).st_mode) == 0o600 for k in keys)
 
 
@@ -165,3 +167,43 @@ def test_seal_refuses_a_revoked_recipient(pki, tmp_path):
                         "--trust", str(folder / "trust.pem"), "--crl", str(folder / "ca" / "issuing.crl.pem"), str(xml)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "[certificate-revoked]" in r.stderr and r.stdout == ""
+
+
+def test_tls_certificates_serve_mutual_tls_for_the_platform_route(pki):
+    """Each dev party has a TLS certificate (serverAuth + clientAuth, its code in serialNumber, localhost and
+    127.0.0.1 as names) chaining to the dev trust anchors: what the AS2 route's mutual TLS needs."""
+    import ssl
+
+    folder, parties = pki
+    for party in DEV_PARTIES:
+        chain = x509.load_pem_x509_certificates((parties[party.code] / "tls-chain.pem").read_bytes())
+        tls = chain[0]
+        eku = tls.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+        assert tls.subject.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == party.code
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(parties[party.code] / "tls-chain.pem", parties[party.code] / "tls-key.pem")
+        client = ssl.create_default_context(cafile=str(folder / "trust.pem"))
+        client.load_cert_chain(parties[party.code] / "tls-chain.pem", parties[party.code] / "tls-key.pem")
+    # a real mutual handshake: PI Vught's client to Rotterdam's server, each checking the other
+    import socket
+    import threading
+
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(folder / "trust.pem"))
+    server.verify_mode = ssl.CERT_REQUIRED
+    server.load_cert_chain(parties["0599"] / "tls-chain.pem", parties["0599"] / "tls-key.pem")
+    client = ssl.create_default_context(cafile=str(folder / "trust.pem"))
+    client.load_cert_chain(parties["PI-VUGHT"] / "tls-chain.pem", parties["PI-VUGHT"] / "tls-key.pem")
+    a, b = socket.socketpair()
+    seen = {}
+
+    def serve():
+        with server.wrap_socket(b, server_side=True) as tls:
+            seen["client"] = tls.getpeercert()["subject"]
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with client.wrap_socket(a, server_hostname="localhost") as tls:
+        seen["server"] = tls.getpeercert()["subject"]
+    t.join(10)
+    assert (("serialNumber", "PI-VUGHT"),) in seen["client"] and (("serialNumber", "0599"),) in seen["server"]
