@@ -323,6 +323,21 @@ class ImapConfig:
 
 
 @dataclass(frozen=True)
+class As2Config:
+    """The platform route (AS2 over HTTPS with mutual TLS): our AS2 name, our TLS identity, and the
+    optional AS2 server (intake) of this gateway."""
+
+    as2_id: str  #: our AS2 name (AS2-From of what we send; AS2-To of what we accept)
+    tls_cert: Path  #: our TLS certificate with its chain (PEM): the client certificate, and the server's
+    tls_key: Path  #: its private key (PEM, mode 0600)
+    listen: tuple[str, int] | None = None  #: where the AS2 server listens; None: this gateway only sends
+    path: str = "/as2"
+    max_body: int = 10 * 1024 * 1024
+    receipt_url: str | None = None  #: when set: ask partners for asynchronous MDNs at this https URL
+    timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff between delivery attempts, as Postfix's queue manager does it."""
 
@@ -389,6 +404,7 @@ class GatewayConfig:
     retry: RetryPolicy = RetryPolicy()
     limits: Limits = Limits()
     log_level: str = "info"
+    as2: As2Config | None = None
     #: the registries as read at load, reused by parties()
     _registries: tuple[MunicipalityRegistry, InstitutionRegistry] | None = field(default=None, repr=False,
                                                                                   compare=False)
@@ -897,6 +913,31 @@ def _smtp(t: _Table) -> SmtpConfig:
     return smtp
 
 
+def _as2(t: _Table) -> As2Config:
+    as2_id = t.text("as2_id")
+    if as2_id is not None and not _AS2_ID.fullmatch(as2_id):
+        t.problem("as2_id", f"{_shown(as2_id)} is not an AS2 name (1 to 128 printable ASCII characters)")
+    listen_text = t.text("listen", None)
+    listen = None
+    if listen_text is not None:
+        host, _, port = listen_text.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            t.problem("listen", f"{_shown(listen_text)} is not HOST:PORT")
+        else:
+            listen = (host.strip("[]"), int(port))
+    path = t.text("path", "/as2")
+    if path is not None and not path.startswith("/"):
+        t.problem("path", "must start with /")
+    receipt_url = t.text("receipt_url", None)
+    if receipt_url is not None and not receipt_url.startswith("https://"):
+        t.problem("receipt_url", "must be an https:// URL (receipts never travel without TLS)")
+    config = As2Config(as2_id=as2_id or "", tls_cert=t.path("tls_cert"), tls_key=t.path("tls_key"), listen=listen,
+                       path=path or "/as2", max_body=t.integer("max_body", 10 * 1024 * 1024, 1024, 1 << 30),
+                       receipt_url=receipt_url, timeout=t.seconds("timeout", 60.0, 1.0, 3600.0))
+    t.finish()
+    return config
+
+
 def _imap(t: _Table) -> ImapConfig:
     no_switch = "IMAP is read over implicit TLS only (port 993): there is nothing to switch; remove it"
     imap = ImapConfig(
@@ -982,6 +1023,8 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     smtp_table, imap_table = top.table("smtp"), top.table("imap")
     smtp = _smtp(smtp_table) if smtp_table else None
     imap = _imap(imap_table) if imap_table else None
+    as2_table = top.table("as2")
+    as2 = _as2(as2_table) if as2_table else None
     retry = _retry(top.table("retry"), ctx)
     limits = _limits(top.table("limits"), ctx)
     routes = _routes(top.table("routes"), party.code if party else None)
@@ -989,6 +1032,12 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
 
     if smtp is None and (by_mail := [c for c, r in routes.items() if r.transport == "email"]):
         ctx.problems.append(f"smtp: missing: routes {', '.join(by_mail)} use transport 'email' and need an [smtp] table")
+    if as2 is None and (by_platform := [c for c, r in routes.items() if r.transport == "platform"]):
+        ctx.problems.append(f"as2: missing: routes {', '.join(by_platform)} use transport 'platform' and need an "
+                            "[as2] table (our AS2 name and TLS certificate)")
+    for code, r in routes.items():
+        if r.transport == "platform" and not r.as2_id:
+            ctx.problems.append(f"routes.{code}.as2_id: missing: a platform route names the partner's AS2 name")
     if smtp is not None and limits.lease.total_seconds() <= smtp.timeout:
         ctx.problems.append(f"limits.lease: {_describe(limits.lease)} is not longer than smtp.timeout "
                             f"({_describe(smtp.timeout)}): a delivery could outlive its lease and be sent twice")
@@ -997,4 +1046,4 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     assert party and identity and trust and registries and log_level
     assert ctx.institutions is not None and ctx.municipalities is not None
     return GatewayConfig(path, party, identity, trust, folders, store, registries, MappingProxyType(routes), smtp,
-                         imap, retry, limits, log_level, (ctx.municipalities, ctx.institutions))
+                         imap, retry, limits, log_level, as2, (ctx.municipalities, ctx.institutions))
