@@ -36,8 +36,9 @@ How answers and failures are classified (``.reason`` in operator words, never co
 A connection that the server closed while idle in the pool is retried once, transparently (same
 Message-ID). When a connection breaks before any answer, a fresh TLS handshake without a request
 tells a refused client certificate (TLS 1.3 reports it only after the request is on its way, as a
-reset; see ``_refused_at_tls``) from a transient failure. The client keeps one ``aiohttp.ClientSession`` (connections reused); it is safe for
-concurrent posts. Never logged: bodies, keys, the receipt address.
+reset; see ``_refused_at_tls``) from a transient failure. The client keeps one
+``aiohttp.ClientSession`` (connections reused); it is safe for concurrent posts. Never logged:
+bodies, keys, the receipt address.
 """
 
 from __future__ import annotations

@@ -150,8 +150,13 @@ def make_app(handler: Handler, *, max_body: int = 10 << 20, path: str = "/as2", 
                                frozenset(own_names) if own_names is not None else None)
     app[_DELIVERY] = _MdnDelivery(async_mdn) if async_mdn else None
     app.router.add_route("*", path, _endpoint)
+    app.on_response_prepare.append(_server_header)
     app.on_cleanup.append(_cleanup)
     return app
+
+
+async def _server_header(_request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "nazorg-gateway-as2"  # not aiohttp's, which names Python's and its own versions
 
 
 async def _cleanup(app: web.Application) -> None:
@@ -185,10 +190,10 @@ async def _endpoint(request: web.Request) -> web.StreamResponse:
         return await _take_mdn(request, req, started)
     try:
         reply = await request.app[_HANDLER](req)
+        return _answer(request, req, reply, started)
     except Exception as e:  # the handler's fault, not the sender's: 500, and the sender retries later
         log.error("as2.handler_failed", message_id=req.message_id, as2_from=req.as2_from, error=type(e).__name__)
         return _plain(500, "internal error")
-    return _answer(request, req, reply, started)
 
 
 async def _take_mdn(request: web.Request, req: As2Request, started: float) -> web.StreamResponse:
@@ -278,7 +283,7 @@ async def _as2_request(request: web.Request, settings: _Settings) -> As2Request:
 
 
 def _looks_like_mdn(ctype: str, body: bytes) -> bool:
-    kind, params = h.content_type(ctype)
+    kind, _ = h.content_type(ctype)
     if kind == "multipart/report":
         return True
     return kind == "multipart/signed" and b"disposition-notification" in body[:4096].lower()
@@ -318,7 +323,8 @@ def _peer(request: web.Request) -> tuple[x509.Certificate, list[x509.Certificate
                                                                      "get_verified_chain", None)
     chain = [cert]
     if getter is not None:
-        chain = [x509.load_der_x509_certificate(c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER)) for c in getter()]
+        chain = [x509.load_der_x509_certificate(c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER))
+                 for c in getter()]
     return cert, chain
 
 

@@ -28,6 +28,8 @@ import ssl
 import tempfile
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:!SHA1"
 
 
@@ -109,8 +111,6 @@ def server_context(*, server_cert_chain_pem: bytes, server_key_pem: bytes, clien
 def identity_pem(identity) -> tuple[bytes, bytes]:
     """(certificate chain PEM, unencrypted PKCS#8 key PEM) of an identity with `.key`, `.cert`, `.chain`
     (``gateway.crypto.identity.Identity``). The key PEM is secret: never log or store it."""
-    from cryptography.hazmat.primitives import serialization
-
     chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in (identity.cert, *identity.chain))
     key = identity.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption())

@@ -139,11 +139,14 @@ def test_cert_chain_loads_from_memory_or_a_removed_private_file(pki, in_memory, 
     assert os.listdir(tmp_path) == []
 
 
-def test_contexts_verify_tls12_minimum_and_no_system_trust(pki):
-    c = client_context(server_trust_pem=pki.ca.pem, client_cert_chain_pem=pki.client.chain_pem,
-                       client_key_pem=pki.client.key_pem)
-    assert (c.verify_mode, c.check_hostname, c.minimum_version) == (ssl.CERT_REQUIRED, True, ssl.TLSVersion.TLSv1_2)
-    assert [x["subject"] for x in c.get_ca_certs()] == [((("commonName", "AS2 test CA"),),)]
+def test_contexts_verify_tls12_minimum_and_no_system_trust(pki, tmp_path):
+    (tmp_path / "ca.pem").write_bytes(pki.ca.pem)
+    for trust in (pki.ca.pem, tmp_path / "ca.pem"):
+        c = client_context(server_trust_pem=trust, client_cert_chain_pem=pki.client.chain_pem,
+                           client_key_pem=pki.client.key_pem)
+        assert (c.verify_mode, c.check_hostname, c.minimum_version) == (ssl.CERT_REQUIRED, True,
+                                                                       ssl.TLSVersion.TLSv1_2)
+        assert [x["subject"] for x in c.get_ca_certs()] == [((("commonName", "AS2 test CA"),),)]
     s = server_context(server_cert_chain_pem=pki.server.chain_pem, server_key_pem=pki.server.key_pem,
                        client_ca_pem=pki.ca.pem)
     assert (s.verify_mode, s.minimum_version) == (ssl.CERT_REQUIRED, ssl.TLSVersion.TLSv1_2)

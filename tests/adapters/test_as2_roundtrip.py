@@ -114,7 +114,8 @@ async def test_sealed_message_round_trip_ends_in_a_matching_receipt(lab, profile
     seen = []
     async with running(lab.tls, platform_handler(lab, seen)) as srv:
         client = As2Client(lab.tls.settings(body_encoding=encoding), lab.tls.partner(srv.url()))
-        resp = await client.post_entity(message_id="20261129-0001", entity=sealed.entity, subject="nazorg 20261129-0001")
+        resp = await client.post_entity(message_id="20261129-0001", entity=sealed.entity,
+                                        subject="nazorg 20261129-0001")
         await client.close()
     req, opened = seen[0]
     assert opened.xml == XML and opened.mic == sealed.mic
@@ -228,7 +229,8 @@ async def test_our_client_against_a_reference_receiver(lab):
         mic = base64.b64encode(hashlib.sha256(part).digest()).decode()
         report = (f"Content-Type: multipart/report; report-type=disposition-notification; boundary=REF\r\n\r\n"
                   + REPORT.format(mid=request.headers["Message-ID"], mic=mic)).encode()
-        mdn = await lab.run(lab.tools["openssl"], "cms", "-sign", "-md", "sha256", "-signer", str(platform / "cert.pem"),
+        mdn = await lab.run(lab.tools["openssl"], "cms", "-sign", "-md", "sha256",
+                            "-signer", str(platform / "cert.pem"),
                             "-inkey", str(platform / "key.pem"), "-certfile", str(lab.issuing), "-binary",
                             "-crlfeol", "-in", str(lab.file(report)))
         head, _, mdn_body = mdn.partition(b"\r\n\r\n")
@@ -248,7 +250,8 @@ async def test_our_client_against_a_reference_receiver(lab):
     sealed = seal(XML, lab.identity("PI-VUGHT"), lab.identity("PLATFORM").cert, COMPATIBLE)
     try:
         client = As2Client(lab.tls.settings(), lab.tls.partner(f"https://{HOST}:{site.port}/ref"))
-        resp = await client.post_entity(message_id="20261129-0002", entity=sealed.entity, subject="nazorg 20261129-0002")
+        resp = await client.post_entity(message_id="20261129-0002", entity=sealed.entity,
+                                        subject="nazorg 20261129-0002")
         await client.close()
     finally:
         await runner.cleanup()
@@ -313,8 +316,9 @@ async def test_smime_party_certificates_are_refused_as_tls_client_certificates(l
     issuing = x509.load_pem_x509_certificate(lab.issuing.read_bytes())
     tls_key = ec.generate_private_key(ec.SECP256R1())
     start = datetime.now(timezone.utc) - timedelta(hours=1)
-    tls_cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "PI-VUGHT tls")]))
-                .issuer_name(issuing.subject).public_key(tls_key.public_key()).serial_number(x509.random_serial_number())
+    tls_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "PI-VUGHT tls")])
+    tls_cert = (x509.CertificateBuilder().subject_name(tls_name).issuer_name(issuing.subject)
+                .public_key(tls_key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(start).not_valid_after(start + timedelta(days=1))
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
                 .sign(issuing_key, hashes.SHA256()))

@@ -75,6 +75,12 @@ async def test_round_trip_headers_and_peer_identity(pki):
     assert hd["Date"].endswith(" GMT") and "Receipt-Delivery-Option" not in hd
 
 
+async def test_a_reply_that_is_not_an_mdn_entity_is_a_500_not_a_crash(pki):
+    async with running(pki, Recorder(As2Reply(mdn_entity=b"no header section"))) as srv:
+        status, hdrs, body = await raw_post(srv.url(), pki, headers=AS2_HEADERS, data=DER)
+    assert (status, body, hdrs["Server"]) == (500, b"internal error\n", "nazorg-gateway-as2")
+
+
 def test_partner_url_must_be_https(pki):
     for url in ("http://127.0.0.1/as2", "ftp://x/as2", "https:///as2", "https://user:pw@host/as2"):
         with pytest.raises(ValueError):
