@@ -437,3 +437,20 @@ async def test_a_connection_closed_without_an_answer_is_retried_once_then_tempor
         for writer in writers:
             writer.close()
         await server.wait_closed()
+
+
+async def test_values_that_could_break_a_header_are_refused_before_sending(pki):
+    handler = Recorder()
+    async with running(pki, handler) as srv:
+        client = As2Client(pki.settings(), pki.partner(srv.url()))
+        for kw in ({"subject": "x\r\nAS2-To: SOMEONE-ELSE"}, {"message_id": "a b"}, {"message_id": "a>\r\nX: y"},
+                   {"content_type": "application/pkcs7-mime\r\nX: y"}, {"body": b""}):
+            args = dict(message_id="m-1", body=DER, content_type=SMIME, subject="s", transfer_encoding="binary")
+            with pytest.raises(ValueError):
+                await client.post(**{**args, **kw})
+        await client.close()
+    assert handler.seen == []
+    for bad in ({"async_mdn_url": "http://127.0.0.1/receipts"}, {"as2_from": "x" * 129}, {"receipt_to": "a\r\nb"},
+                {"body_encoding": "quoted-printable"}, {"timeout": 0}):
+        with pytest.raises(ValueError):
+            pki.settings(**bad)
