@@ -18,19 +18,25 @@ from datetime import datetime, timezone
 import structlog
 from cryptography import x509
 
+from adapters.as2 import As2Reply, As2Request, As2Settings, AsyncMdnSettings, make_app, serve
 from adapters.imap import MailboxSettings, watch_mailbox
-from adapters.smtp import RelaySettings
+from adapters.inbox_fs import InboxWriter
+from adapters.smtp import RelaySettings, SmtpSender
 from gateway.config import ConfigError, GatewayConfig
 from gateway.pipeline.dispatcher import Dispatcher
+from gateway.pipeline.intake import Arrival, Intake, party_of_route, partners_from_routes
+from gateway.pipeline.mail_intake import MailIntake
 from gateway.pipeline.overdue import OverdueWatch
 from gateway.pipeline.pickup import Pickup
 from gateway.pipeline.receipt_matcher import ReceiptMatcher
 from gateway.pipeline.sealer import Sealer
-from gateway.pipeline.transports import EmailTransport, Transport
+from gateway.pipeline.transports import EmailTransport, PlatformTransport, Transport
 from gateway.pipeline.validation import ValidationPool
 from gateway.store import Store
 
 log = structlog.get_logger(__name__)
+#: where refused mails go in the own mailbox (kept, never deleted)
+QUARANTINE_FOLDER = "nazorg/quarantaine"
 
 
 def _context(ca_file) -> ssl.SSLContext:
@@ -59,6 +65,8 @@ class Gateway:
         self.store: Store | None = None
         self.dispatcher: Dispatcher | None = None
         self.sealer: Sealer | None = None
+        self.intake: Intake | None = None
+        self.as2_server = None
 
     async def run(self) -> None:
         cfg = self.config
@@ -73,6 +81,7 @@ class Gateway:
                                     municipalities=cfg.registries.municipalities,
                                     max_bytes=cfg.limits.max_message_bytes, workers=cfg.limits.validation_workers)
         transports: dict[str, Transport] = {}
+        closing: list = []  #: other connections to close at the end
         try:
             await validation.warm_up()
             if cfg.smtp is not None:
@@ -83,6 +92,8 @@ class Gateway:
                 transports["email"] = EmailTransport(relay, from_address=cfg.party.email, receipt_to=cfg.party.email,
                                                      id_domain=cfg.party.email.rsplit("@", 1)[1],
                                                      connections=cfg.limits.workers)
+            if cfg.as2 is not None:
+                transports["platform"] = self._platform_transport(secrets)
             self.dispatcher = Dispatcher(store=store, transports=transports, retry=cfg.retry,
                                          workers=cfg.limits.workers,
                                          per_destination={c: r.max_concurrency for c, r in cfg.routes.items()},
@@ -96,15 +107,33 @@ class Gateway:
                             rescan_interval=cfg.limits.rescan_interval, accepted=self.sealer.submit)
             services = [pickup.run(self.stop), self.sealer.run(self.stop), self.dispatcher.run(self.stop),
                         OverdueWatch(store, cfg.limits.receipt_overdue, clock=self.clock).run(self.stop)]
+            matcher = ReceiptMatcher(store=store, trust=secrets.trust,
+                                     processed_folder=cfg.imap.processed_folder if cfg.imap else "processed",
+                                     unrecognised_folder=cfg.imap.unrecognised_folder if cfg.imap else "unrecognised",
+                                     clock=self.clock)
+            self.intake = Intake(store=store, identity=secrets.identity, trust=secrets.trust, validation=validation,
+                                 own_party=str(cfg.party.party), partners=partners_from_routes(cfg.routes),
+                                 inbox=InboxWriter(cfg.folders.inbox), quarantine=cfg.folders.quarantine,
+                                 own_names={"email": cfg.party.email,
+                                            **({"as2": cfg.as2.as2_id} if cfg.as2 else {})},
+                                 clock=self.clock)
+            await self.intake.reconcile()
             if cfg.imap is not None:
-                matcher = ReceiptMatcher(store=store, trust=secrets.trust, processed_folder=cfg.imap.processed_folder,
-                                         unrecognised_folder=cfg.imap.unrecognised_folder, clock=self.clock)
+                receipts_sender = SmtpSender(relay) if cfg.smtp is not None else None
+                closing.append(receipts_sender)
+                mail = MailIntake(intake=self.intake, matcher=matcher, smtp_sender=receipts_sender,
+                                  own_email=cfg.party.email, processed_folder=cfg.imap.processed_folder,
+                                  quarantine_folder=QUARANTINE_FOLDER, unrecognised_folder=cfg.imap.unrecognised_folder,
+                                  clock=self.clock)
                 mailbox = MailboxSettings(host=cfg.imap.host, port=cfg.imap.port, username=cfg.imap.username,
                                           password=secrets.imap_password, ssl_context=_context(cfg.imap.ca_file),
                                           mailbox=cfg.imap.mailbox, poll_interval=cfg.imap.poll_interval)
-                services.append(watch_mailbox(mailbox, matcher.handle, self.stop))
+                services.append(watch_mailbox(mailbox, mail.handle, self.stop))
+            if cfg.as2 is not None and cfg.as2.listen is not None:
+                self.as2_server = await self._as2_server(matcher)
             log.info("started", party=str(cfg.party.party), routes=len(cfg.routes), transports=sorted(transports),
-                     receipts="imap" if cfg.imap else "none")
+                     receipts="imap" if cfg.imap else "none",
+                     as2_server=f"{cfg.as2.listen[0]}:{self.as2_server.port}" if self.as2_server else None)
             tasks = [asyncio.create_task(s) for s in services]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -117,11 +146,49 @@ class Gateway:
                 self.stop.set()
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            for t in transports.values():
+            if self.as2_server is not None:
+                await self.as2_server.close()
+            for t in [*transports.values(), *(c for c in closing if c is not None)]:
                 await t.close()
             validation.close()
             await store.close()
             log.info("stopped")
+
+    def _platform_transport(self, secrets) -> PlatformTransport:
+        cfg = self.config
+        chain_pem, key_pem = cfg.as2.tls_cert.read_bytes(), cfg.as2.tls_key.read_bytes()
+        partners = partners_from_routes(cfg.routes)
+        platform = {r.address: (r.as2_id, partners[party_of_route(code)].binding)
+                    for code, r in cfg.routes.items() if r.transport == "platform"}
+        settings = As2Settings(as2_from=cfg.as2.as2_id, client_cert_chain_pem=chain_pem, client_key_pem=key_pem,
+                               receipt_to=cfg.party.email, async_mdn_url=cfg.as2.receipt_url, timeout=cfg.as2.timeout)
+        return PlatformTransport(settings, partners=platform, trust=secrets.trust,
+                                 trust_pem=cfg.trust.bundle.read_bytes())
+
+    async def _as2_server(self, matcher: ReceiptMatcher):
+        """The AS2 endpoint: messages through the intake, asynchronous receipts to the matcher."""
+        cfg = self.config
+        intake = self.intake
+
+        async def on_message(request: As2Request) -> As2Reply:
+            outcome = await intake.receive(Arrival(entity=request.body, transport="as2",
+                                                   transport_message_id=request.headers.get("Message-ID", ""),
+                                                   claimed_sender=request.as2_from,
+                                                   reply_to=request.headers.get("Disposition-Notification-To")))
+            return As2Reply(mdn_entity=outcome.mdn.entity if outcome.mdn and request.wants_mdn else None)
+
+        async def on_receipt(request: As2Request) -> None:
+            await matcher.handle_mdn(request.body, origin="as2")
+
+        chain_pem, key_pem = cfg.as2.tls_cert.read_bytes(), cfg.as2.tls_key.read_bytes()
+        app = make_app(on_message, max_body=cfg.as2.max_body, path=cfg.as2.path, mdn_handler=on_receipt,
+                       async_mdn=AsyncMdnSettings(client_cert_chain_pem=chain_pem, client_key_pem=key_pem,
+                                                  trust_pem=cfg.trust.bundle.read_bytes()),
+                       own_names=[cfg.as2.as2_id])
+        host, port = cfg.as2.listen
+        return await serve(app, host=host, port=port, server_cert_chain_pem=chain_pem, server_key_pem=key_pem,
+                           client_ca_pem=cfg.trust.bundle.read_bytes())
+
 
 def run(config: GatewayConfig) -> int:
     async def main() -> None:

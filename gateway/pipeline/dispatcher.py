@@ -119,7 +119,7 @@ class Dispatcher:
         try:
             entity = await self.store.sealed(record.message_id)
             handed = await transport.send(message_id=record.message_id, message_type=record.type,
-                                          address=record.address, entity=entity)
+                                          address=record.address, entity=entity, mic=record.mic)
         except Temporary as e:
             await self._retry_or_fail(record, e.reason, e.remote_reply, log_)
         except Permanent as e:
@@ -134,6 +134,24 @@ class Dispatcher:
         else:
             await self._settle(record, State.SENT, "the next hop accepted the message", log_, handed.remote_reply,
                                mail_message_id=handed.transport_id)
+            if handed.receipt is not None:
+                await self._receipt(record, handed.receipt, log_)
+
+    async def _receipt(self, record: MessageRecord, check, log_) -> None:
+        """A receipt that came with the answer (AS2): only a matching signed one proves anything."""
+        await self.store.add_receipt(record.message_id, kind="mdn", verdict=check.verdict.value, detail=check.reason)
+        if check.ok:
+            await self.store.transition(record.message_id, State.ACKNOWLEDGED, reason=check.reason,
+                                        actor=self.owner, expect=[State.SENT])
+            log_.info("acknowledged", reason=check.reason)
+        elif check.verdict.value == "not-processed":
+            await self.store.transition(record.message_id, State.FAILED, reason=check.reason, actor=self.owner,
+                                        expect=[State.SENT])
+            log_.error("failed", reason=check.reason, alert=True)
+        else:  # sent, but nothing proves it arrived intact: an integrity alert for the operator
+            log_.error("receipt-integrity", verdict=check.verdict.value, reason=check.reason, alert=True)
+            await self.store.audit(action="receipt-check", object=record.message_id, result=check.verdict.value,
+                                   origin="as2", actor=self.owner)
 
     async def _retry_or_fail(self, record: MessageRecord, reason: str, reply: str | None, log_) -> None:
         now = self._clock()

@@ -53,6 +53,11 @@ class ReceiptMatcher:
             return await self._dsn(mail, dsn)
         return await self._mdn(mail)
 
+    async def handle_mdn(self, entity: bytes, *, origin: str) -> None:
+        """An MDN that arrived another way than by mail (an AS2 asynchronous receipt)."""
+        await self._mdn(FetchedMail(uid=0, data=entity))
+        log.info("receipt-received", origin=origin)
+
     # -- delivery status notifications ------------------------------------------------------------
 
     async def _dsn(self, mail: FetchedMail, dsn) -> str:

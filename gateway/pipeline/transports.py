@@ -13,8 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
+from adapters.as2 import As2Client, As2Partner, As2Permanent, As2Security, As2Settings, As2Temporary
 from adapters.smtp import (Accepted, PermanentFailure, RelaySettings, SecurityFailure, SmtpSender,
                            TemporaryFailure, compose_mail)
+from gateway.crypto.errors import CryptoError
+from gateway.crypto.receipts import ReceiptCheck, ReceiptVerdict, check_receipt, parse_mdn
+from gateway.crypto.trust import PartyBinding, TrustStore
 
 
 class DeliveryFailure(Exception):
@@ -42,10 +46,12 @@ class Handed:
 
     remote_reply: str
     transport_id: str | None  #: e.g. the mail's Message-ID, for matching receipts
+    #: a receipt that came with the answer (AS2's synchronous MDN), already verified and compared
+    receipt: ReceiptCheck | None = None
 
 
 class Transport(Protocol):
-    async def send(self, *, message_id: str, message_type: str, address: str, entity: bytes) -> Handed: ...
+    async def send(self, *, message_id: str, message_type: str, address: str, entity: bytes, mic: str) -> Handed: ...
 
     async def close(self) -> None: ...
 
@@ -63,7 +69,7 @@ class EmailTransport:
         for s in self._all:
             self._senders.put_nowait(s)
 
-    async def send(self, *, message_id: str, message_type: str, address: str, entity: bytes) -> Handed:
+    async def send(self, *, message_id: str, message_type: str, address: str, entity: bytes, mic: str) -> Handed:
         mail = compose_mail(sealed_entity=entity, message_id=message_id, label=message_type,
                             from_address=self._from, to_address=address, receipt_to=self._receipt_to,
                             date=datetime.now(timezone.utc), id_domain=self._id_domain)
@@ -83,3 +89,54 @@ class EmailTransport:
 
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self._all), return_exceptions=True)
+
+
+class PlatformTransport:
+    """AS2 over HTTPS with mutual TLS, one client (connection pool) per partner URL.
+
+    A 2xx with a synchronous MDN is verified here (signature, chain, signer = the partner's certificate
+    binding) and its MIC compared with what was sealed; the verdict travels back in `Handed.receipt`.
+    A receipt that cannot be verified is an integrity failure, never a success."""
+
+    def __init__(self, settings: As2Settings, *, partners: dict[str, tuple[str, PartyBinding]], trust: TrustStore,
+                 trust_pem: bytes):
+        """`partners`: route address (URL) -> (the partner's AS2 name, the binding its receipts' signer must match)."""
+        self._settings = settings
+        self._partners = partners
+        self._trust = trust
+        self._trust_pem = trust_pem
+        self._clients: dict[str, As2Client] = {}
+
+    def _client(self, url: str) -> As2Client:
+        client = self._clients.get(url)
+        if client is None:
+            as2_to, _ = self._partners[url]
+            client = self._clients[url] = As2Client(self._settings, As2Partner(url, as2_to, self._trust_pem))
+        return client
+
+    async def send(self, *, message_id: str, message_type: str, address: str, entity: bytes, mic: str) -> Handed:
+        if address not in self._partners:
+            raise Permanent(f"no platform partner is configured for {address}")
+        client = self._client(address)
+        try:
+            response = await client.post_entity(message_id=message_id, entity=entity,
+                                                subject=f"nazorg {message_type} {message_id}")
+        except As2Security as e:
+            raise Security(e.reason, e.remote_reply) from None
+        except As2Permanent as e:
+            raise Permanent(e.reason, e.remote_reply) from None
+        except As2Temporary as e:
+            raise Temporary(e.reason, e.remote_reply) from None
+        reply = f"HTTP {response.status}"
+        if response.mdn_entity is None:  # an asynchronous receipt will follow (or none was given)
+            return Handed(reply + ", no synchronous receipt", response.as2_message_id)
+        _, binding = self._partners[address]
+        try:
+            receipt = parse_mdn(response.mdn_entity, self._trust, expected_signer=binding)
+            check = check_receipt(receipt, message_id=response.as2_message_id, sealed_mic=mic)
+        except CryptoError as e:
+            check = ReceiptCheck(ReceiptVerdict.MISMATCH, f"the receipt could not be verified: {e}")
+        return Handed(f"{reply}, receipt {check.verdict.value}", response.as2_message_id, check)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._clients.values()), return_exceptions=True)

@@ -31,7 +31,7 @@ class ScriptedTransport:
         self.peak: dict[str, int] = {}
         self.gate: asyncio.Event | None = None
 
-    async def send(self, *, message_id, message_type, address, entity) -> Handed:
+    async def send(self, *, message_id, message_type, address, entity, mic) -> Handed:
         self.calls.append((message_id, address))
         self.running[address] = self.running.get(address, 0) + 1
         self.peak[address] = max(self.peak.get(address, 0), self.running[address])
