@@ -73,13 +73,29 @@ def _encrypts_to(cert_pem: Path) -> bool:
     return isinstance(x509.load_pem_x509_certificate(cert_pem.read_bytes()).public_key(), rsa.RSAPublicKey)
 
 
-def _route(party: DevParty, cert: Path, folder: Path) -> str:
+def _route(party: DevParty, cert: Path, folder: Path, platform_url: str | None = None) -> str:
+    if platform_url is not None:  # gateways read AES-GCM: the strong profile
+        return (f"[routes.{_toml(party.code)}]  # {party.name}, on the platform\n"
+                f"transport = \"platform\"\n"
+                f"address = {_toml(platform_url)}\n"
+                f"as2_id = {_toml(party.code)}\n"
+                f"certificate = {_toml(cert.relative_to(folder).as_posix())}\n"
+                f"profile = \"strong\"\n")
     profile = "compatible" if _kind(party.code) == "gemeente" else "strong"
     return (f"[routes.{_toml(party.code)}]  # {party.name}\n"
             f"transport = \"email\"\n"
             f"address = {_toml(party.email)}\n"
             f"certificate = {_toml(cert.relative_to(folder).as_posix())}\n"
             f"profile = \"{profile}\"\n")
+
+
+def _as2_text(me: DevParty, listen: tuple[str, int] | None) -> str:
+    keys = f"keys/parties/{me.code}"
+    return ("\n[as2]\n"
+            f"as2_id = {_toml(me.code)}\n"
+            f"tls_cert = {_toml(keys + '/tls-chain.pem')}\n"
+            f"tls_key = {_toml(keys + '/tls-key.pem')}\n"
+            + (f"listen = {_toml(f'{listen[0]}:{listen[1]}')}\n" if listen else "# listen = \"127.0.0.1:4080\"\n"))
 
 
 def _config_text(me: DevParty, routes: list[str], smtp: tuple[str, int], imap: tuple[str, int],
@@ -178,10 +194,15 @@ How to start
 
 def init_local(folder: str | os.PathLike, *, party: str = "PI-VUGHT", smtp: tuple[str, int] = ("127.0.0.1", 587),
                imap: tuple[str, int] = ("127.0.0.1", 993), now: datetime | None = None,
-               relay_ca: Path | None = None) -> Path:
+               relay_ca: Path | None = None, pki: Path | None = None, as2_listen: tuple[str, int] | None = None,
+               platform: dict[str, str] | None = None) -> Path:
     """Write a complete local set-up into `folder` (missing or empty) for `party`; returns the config path.
 
-    `relay_ca`: the CA file of the SMTP relay and the IMAP server (both), when they use a private CA."""
+    `relay_ca`: the CA file of the SMTP relay and the IMAP server (both), when they use a private CA.
+    `pki`: the keys folder of another set-up to share (so several local gateways trust each other);
+    default: a new development PKI. `as2_listen`: run this gateway's AS2 server there (an [as2] table
+    is written with the party's development TLS certificate). `platform`: party code → https URL of
+    its AS2 endpoint, for the routes that go over the platform instead of e-mail."""
     root = Path(folder)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise SetupError(f"{root} is not an empty folder: a local set-up is only written into an empty or new "
@@ -197,7 +218,11 @@ def init_local(folder: str | os.PathLike, *, party: str = "PI-VUGHT", smtp: tupl
         raise SetupError(f"relay CA file {relay_ca} does not exist")
 
     root.mkdir(parents=True, exist_ok=True)
-    parties = init_dev_pki(root / "keys", now=now)
+    if pki is not None:
+        shutil.copytree(pki, root / "keys")
+        parties = {p.name: p for p in (root / "keys" / "parties").iterdir()}
+    else:
+        parties = init_dev_pki(root / "keys", now=now)
     for name in FOLDERS:
         (root / name).mkdir(mode=0o750)
     (root / "config").mkdir()
@@ -211,11 +236,14 @@ def init_local(folder: str | os.PathLike, *, party: str = "PI-VUGHT", smtp: tupl
             continue
         cert = parties[other.code] / "cert.pem"
         if _encrypts_to(cert):
-            routes.append(_route(other, cert, root))
+            routes.append(_route(other, cert, root, (platform or {}).get(other.code)))
         else:
             skipped.append(other)
     config = root / CONFIG_NAME
-    config.write_text(_config_text(me, routes, smtp, imap, relay_ca, skipped), encoding="utf-8")
+    text = _config_text(me, routes, smtp, imap, relay_ca, skipped)
+    if as2_listen is not None or platform:
+        text = text.replace("\n[retry]", _as2_text(me, as2_listen) + "\n[retry]", 1)
+    config.write_text(text, encoding="utf-8")
     (root / "README.txt").write_text(_README.format(code=me.code, name=me.name,
                                                      when=(now or datetime.now()).strftime("%Y-%m-%d %H:%M")),
                                      encoding="utf-8")

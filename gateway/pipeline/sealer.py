@@ -25,7 +25,6 @@ from gateway.store import StaleState, State, Store
 
 log = structlog.get_logger(__name__)
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
-TRANSPORTS_AVAILABLE = ("email",)
 
 
 class Sealer:
@@ -89,10 +88,6 @@ class Sealer:
         now = self._clock()
         decision = decide(record.recipient, self.routes, self.certificates, self.parties, self.trust,
                           now=now, on=now.astimezone(AMSTERDAM).date())
-        if isinstance(decision, Go) and decision.route.transport not in TRANSPORTS_AVAILABLE:
-            return await self._hold(record, f"the route for {record.recipient} uses transport "
-                                            f"{decision.route.transport!r}, which this version cannot send yet",
-                                    None, actor)
         if not isinstance(decision, Go):
             return await self._hold(record, decision.reason, decision.successor, actor)
         try:

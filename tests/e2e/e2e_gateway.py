@@ -31,13 +31,14 @@ FAST = {
 
 
 def make_setup(folder: Path, servers: MailServers, passwords: dict[str, str], *, template: Path | None = None,
-               smtp_port: int | None = None, edits: dict[str, str] | None = None, party: str = "PI-VUGHT") -> Path:
+               smtp_port: int | None = None, edits: dict[str, str] | None = None, party: str = "PI-VUGHT",
+               **init_options) -> Path:
     """`init` pointed at `servers` (or at `smtp_port` on loopback), with the PI's mailbox passwords."""
     if template is not None:
         shutil.copytree(template, folder, symlinks=True)
     else:
         init_local(folder, party=party, smtp=(servers.smtp_host, servers.smtp_port),
-                   imap=(servers.imap_host, servers.imap_port), relay_ca=servers.ca_pem)
+                   imap=(servers.imap_host, servers.imap_port), relay_ca=servers.ca_pem, **init_options)
     config_path = folder / "gateway.toml"
     text = config_path.read_text()
     text = re.sub(r'(\[smtp\]\nhost = "[^"]*"\nport = )\d+', rf"\g<1>{smtp_port or servers.smtp_port}", text)

@@ -216,3 +216,14 @@ async def test_sent_without_receipt_past_the_limit_alerts_once(store):
     assert [r["action"] for r in await store.audit_rows(object=mid)][0] == "receipt-overdue"
     early = OverdueWatch(store, timedelta(hours=24))
     assert await early.check() == []
+
+
+async def test_a_route_whose_transport_is_not_running_is_held(store):
+    mid = await queued(store)
+    d = Dispatcher(store=store, transports={}, workers=1, per_destination={}, default_per_destination=1,
+                   lease=timedelta(minutes=5), retry=RetryPolicy())
+
+    async def held():
+        return (await store.get(mid)).state is State.HELD
+    await run_until(d, held)
+    assert "transport 'email' is not available" in (await store.get(mid)).reason

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
@@ -95,12 +94,3 @@ async def test_unusable_recipient_certificate_holds(setup, config, secrets, stor
     assert await make_sealer(config, secrets, store, dict(certificates, **{"0599": expired})).route_and_seal(mid) \
         is State.HELD
     assert "cannot be used" in (await store.get(mid)).reason and "expired" in (await store.get(mid)).reason.lower()
-
-
-async def test_platform_route_is_held_until_that_transport_exists(config, secrets, store, validation, certificates):
-    data, mid = with_new_id(example("01-meldingsbericht.xml"))
-    await take(config, store, validation, "a.xml", data)
-    routes = dict(config.routes)
-    routes["0599"] = dataclasses.replace(routes["0599"], transport="platform", address="https://platform.example.nl/as2")
-    assert await make_sealer(config, secrets, store, certificates, routes=routes).route_and_seal(mid) is State.HELD
-    assert "'platform'" in (await store.get(mid)).reason
