@@ -1,19 +1,21 @@
-"""The whole outbound exchange on this machine, as a newcomer would watch it (`make demo`).
+"""The whole exchange of the source document on this machine (`make demo`).
 
-1. private mail servers start on loopback: Postfix (the relay, STARTTLS required, real DSNs) and
-   Dovecot (a mailbox for every party);
-2. `nazorg-gateway init` writes a local set-up for PI Vught pointed at them; `run` starts;
-3. PI Vught's example messages (every type) are dropped into the outbox, plus a broken one;
-4. the gateway validates, routes, seals and sends; Postfix's DSNs come back → `delivered`;
-5. each municipality opens what it got (decrypt, verify PI Vught's signature) and answers with a
-   signed receipt (MDN) → `acknowledged` when its digest matches what was sealed.
-Exit 0 when every message is acknowledged and the broken one was refused.
+Three gateways, each its own `nazorg-gateway run` process, and private mail servers on loopback:
+- PI Vught (PI-VUGHT), which drops the example dossier into its outbox;
+- Rotterdam (0599), reached by e-mail (Postfix with STARTTLS, Dovecot IMAP): it receives the
+  meldingsbericht and basisdocument, and answers the meldingsbericht with a gemeenteblad;
+- Utrecht (0344), connected to the platform (AS2 over HTTPS with mutual TLS): it receives the
+  overdrachtsdocument and the ontslagbericht.
+Every message is validated, sealed for its entitled recipient only, delivered, opened and checked
+there, filed in its inbox, and acknowledged at its sender by a signed receipt whose digest matches.
+A live view shows each step; a summary table follows. Ctrl-C stops everything cleanly.
+Exit 0 when every message is acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email
+import re
 import secrets
 import shutil
 import signal
@@ -26,131 +28,206 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests")]
 
-from mailservers import MailServers  # noqa: E402  (the test suite's private Postfix + Dovecot)
+from mailservers import MailServers, free_port  # noqa: E402  (the test suite's private Postfix + Dovecot)
 
 from gateway.config import load_config  # noqa: E402
-from gateway.crypto.identity import load_pem_identity  # noqa: E402
-from gateway.crypto.open import open_sealed  # noqa: E402
 from gateway.crypto.pki import DEV_PARTIES  # noqa: E402
-from gateway.crypto.receipts import Disposition, build_mdn  # noqa: E402
-from gateway.crypto.trust import PartyBinding  # noqa: E402
 from gateway.setup_local import init_local  # noqa: E402
 from gateway.store import State, Store  # noqa: E402
 
-PI = "PI-VUGHT"
-EXAMPLES = [ROOT / "examples" / "valid" / "dossier-langverblijver" / n for n in
-            ("01-meldingsbericht.xml", "03-basisdocument.xml", "04-overdrachtsdocument.xml", "05-ontslagbericht.xml")] + \
-           [ROOT / "examples" / "valid" / n for n in
-            ("meldingsbericht-veroordeeld-executie.xml", "basisdocument-niet-gescreend.xml",
-             "spoedontslagbericht-met-vestiging.xml")]
-BROKEN = ROOT / "examples" / "invalid" / "bsn-faalt-elfproef.xml"
+DOSSIER = ROOT / "examples" / "valid" / "dossier-langverblijver"
+FROM_PI = ["01-meldingsbericht.xml", "03-basisdocument.xml", "04-overdrachtsdocument.xml", "05-ontslagbericht.xml"]
+BLAD = "02-gemeenteblad.xml"
+NAMES = {"PI-VUGHT": "PI Vught", "0599": "Rotterdam (e-mail)", "0344": "Utrecht (platform)"}
+DONE = {State.ACKNOWLEDGED, State.FAILED, State.HELD, State.CANCELLED}
 
 
-def say(text: str) -> None:
+def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-async def watch(store: Store, ids: list[str], until: set[State], timeout: float) -> dict[str, State]:
-    shown: dict[str, State] = {}
+class Gateway:
+    """One local gateway: its set-up folder, its daemon process, its store."""
+
+    def __init__(self, code: str, folder: Path, config: Path):
+        self.code, self.folder, self.config_path = code, folder, config
+        self.config = load_config(config)
+        self.log = folder / "gateway.log"
+        self.proc: subprocess.Popen | None = None
+        self.store: Store | None = None
+
+    def start(self) -> None:
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+                                         stdout=out, stderr=out, start_new_session=True)
+
+    async def ready(self) -> None:
+        while b'"event": "started"' not in self.log.read_bytes():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the gateway of {self.code} did not start:\n{self.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.1)
+        self.store = await Store.open(self.config.store.url)
+
+    async def stop(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def set_up(work: Path, servers: MailServers, passwords: dict[str, str]) -> dict[str, Gateway]:
+    pi_port, gm_port = free_port(), free_port()
+    common = dict(smtp=(servers.smtp_host, servers.smtp_port), imap=(servers.imap_host, servers.imap_port),
+                  relay_ca=servers.ca_pem)
+    folders = {code: work / code for code in NAMES}
+    configs = {
+        "PI-VUGHT": init_local(folders["PI-VUGHT"], party="PI-VUGHT", as2_listen=("127.0.0.1", pi_port),
+                               platform={"0344": f"https://127.0.0.1:{gm_port}/as2"}, **common),
+        "0599": init_local(folders["0599"], party="0599", pki=folders["PI-VUGHT"] / "keys", **common),
+        "0344": init_local(folders["0344"], party="0344", pki=folders["PI-VUGHT"] / "keys",
+                           as2_listen=("127.0.0.1", gm_port), platform={"PI-VUGHT": f"https://127.0.0.1:{pi_port}/as2"},
+                           **common),
+    }
+    for code, config in configs.items():
+        email = next(p.email for p in DEV_PARTIES if p.code == code)
+        for name in ("smtp-password", "imap-password"):
+            (folders[code] / "secrets" / name).write_text(passwords[email] + "\n")
+        text = config.read_text()
+        # a demo answers quickly: pick up files after 0.2 s and look at the mailbox every 2 s
+        text = text.replace("[limits]\nworkers = 4", "[limits]\nworkers = 4\nstable_after = 0.2")
+        text = text.replace('password_file = "secrets/imap-password"',
+                            'password_file = "secrets/imap-password"\npoll_interval = 2')
+        config.write_text(text)
+    return {code: Gateway(code, folders[code], configs[code]) for code in NAMES}
+
+
+def drop(gateway: Gateway, name: str, data: bytes) -> None:
+    outbox = gateway.config.folders.outbox
+    (outbox / f"{name}.tmp").write_bytes(data)
+    (outbox / f"{name}.tmp").rename(outbox / name)
+
+
+def message_id(data: bytes) -> str:
+    return re.search(rb"<berichtId>([^<]+)</berichtId>", data).group(1).decode()
+
+
+async def live(gateways: dict[str, Gateway], sent: dict[str, tuple[str, float]], timeout: float,
+               shown: dict[str, State]) -> dict[str, object]:
+    """Print every state change of the messages in `sent` (id → (sender code, drop time)) until all are done."""
+    records: dict[str, object] = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for mid in ids:
-            r = await store.get(mid)
-            if r is not None and shown.get(mid) is not r.state:
-                shown[mid] = r.state
-                say(f"  {r.type:20} {mid[:8]}… → {r.recipient:14} {r.state.value}"
-                    + (f"  ({r.reason})" if r.state in (State.HELD, State.FAILED, State.RETRY_WAIT) else ""))
-        if len(shown) == len(ids) and set(shown.values()) <= until:
+        for mid, (code, _) in list(sent.items()):
+            r = await gateways[code].store.get(mid)
+            if r is not None:
+                records[mid] = r
+            if r is None or shown.get(mid) is r.state:
+                continue
+            shown[mid], records[mid] = r.state, r
+            route = "platform" if r.transport == "platform" else "e-mail" if r.transport else ""
+            extra = f"  ({r.reason})" if r.state in (State.HELD, State.FAILED, State.RETRY_WAIT) else ""
+            say(f"  {time.strftime('%H:%M:%S')}  {r.type:20} {NAMES[code]:20} → {r.recipient:15} {route:9} "
+                f"{r.state.value}{extra}")
+        if len(shown) == len(sent) and set(shown.values()) <= DONE:
             break
         await asyncio.sleep(0.2)
-    return shown
+    return records
 
 
-async def main() -> int:
+async def exchange(work: Path) -> int:
     passwords = {p.email: secrets.token_urlsafe(12) for p in DEV_PARTIES}
-    work = Path(tempfile.mkdtemp(prefix="nazorg-demo-"))
     servers = MailServers.temporary(passwords, sorted({a.split("@")[1] for a in passwords}))
-    daemon = None
+    gateways: dict[str, Gateway] = {}
     try:
-        say("== 1. private mail servers on loopback ==")
+        say("== private mail servers on loopback ==")
         servers.start()
         say(f"  Postfix relay 127.0.0.1:{servers.smtp_port} (STARTTLS required), "
             f"Dovecot IMAPS 127.0.0.1:{servers.imap_port}")
+        say("== three gateways: nazorg-gateway init + run ==")
+        gateways = set_up(work, servers, passwords)
+        for g in gateways.values():
+            g.start()
+        for g in gateways.values():
+            await g.ready()
+            say(f"  {NAMES[g.code]:20} set-up {g.folder}, log {g.log.name}")
 
-        say("== 2. nazorg-gateway init + run ==")
-        folder = work / "gw"
-        config_path = init_local(folder, party=PI, smtp=(servers.smtp_host, servers.smtp_port),
-                                 imap=(servers.imap_host, servers.imap_port), relay_ca=servers.ca_pem)
-        own_email = next(p.email for p in DEV_PARTIES if p.code == PI)
-        for name in ("smtp-password", "imap-password"):
-            (folder / "secrets" / name).write_text(passwords[own_email] + "\n")
-        text = config_path.read_text().replace("[limits]\nworkers = 4", "[limits]\nworkers = 4\nstable_after = 0.2")
-        config_path.write_text(text)
-        cfg = load_config(config_path)
-        log = work / "gateway.log"
-        with open(log, "wb") as out:
-            daemon = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(config_path)],
-                                      stdout=out, stderr=out, start_new_session=True)
-        while b'"event": "started"' not in log.read_bytes():
-            if daemon.poll() is not None:
-                say(log.read_text())
-                return 1
-            time.sleep(0.1)
-        say(f"  set-up in {folder}; the daemon logs to {log}")
+        say("== PI Vught drops the dossier into its outbox; Rotterdam answers the melding with a gemeenteblad ==")
+        started = time.monotonic()
+        sent: dict[str, tuple[str, float]] = {}
+        for name in FROM_PI:
+            data = (DOSSIER / name).read_bytes()
+            sent[message_id(data)] = ("PI-VUGHT", time.monotonic())
+            drop(gateways["PI-VUGHT"], name, data)
+        melding = message_id((DOSSIER / FROM_PI[0]).read_bytes())
+        blad = (DOSSIER / BLAD).read_bytes()
+        inbox = gateways["0599"].config.folders.inbox / "meldingsbericht" / f"{melding}.xml"
+        answered = asyncio.create_task(_answer_when_received(inbox, gateways["0599"], blad, sent))
+        shown: dict[str, State] = {}
+        await live(gateways, sent, 120, shown)
+        await asyncio.wait_for(answered, 60)  # the gemeenteblad was dropped (its progress may still run)
+        records = await live(gateways, sent, 60, shown)
+        elapsed = time.monotonic() - started
 
-        say("== 3. PI Vught drops its messages into the outbox (and one broken file) ==")
-        ids = []
-        for path in EXAMPLES:
-            data = path.read_bytes()
-            mid = data.split(b"<berichtId>")[1].split(b"<")[0].decode()
-            ids.append(mid)
-            (cfg.folders.outbox / f"{path.name}.tmp").write_bytes(data)
-            (cfg.folders.outbox / f"{path.name}.tmp").rename(cfg.folders.outbox / path.name)
-        shutil.copy(BROKEN, cfg.folders.outbox / "kapot.xml")
-
-        store = await Store.open(cfg.store.url)
-        try:
-            say("== 4. validated, routed, sealed, sent; Postfix's DSNs read back over IMAP ==")
-            await watch(store, ids, {State.DELIVERED, State.ACKNOWLEDGED, State.FAILED, State.HELD}, 90)
-            refused = cfg.folders.rejected / "kapot.xml.error.txt"
-            for _ in range(50):
-                if refused.exists():
-                    break
-                time.sleep(0.1)
-            say("  the broken file was refused: rejected/kapot.xml.error.txt says")
-            for line in refused.read_text().splitlines()[3:7]:
-                say(f"    {line}")
-
-            say("== 5. each municipality opens its mail and answers with a signed receipt ==")
-            trust = cfg.trust.load()
-            for code in sorted({(await store.get(m)).recipient.split(":")[1] for m in ids}):
-                party = next(p for p in DEV_PARTIES if p.code == code)
-                keys = folder / "keys" / "parties" / code
-                me = load_pem_identity(keys / "key.pem", keys / "cert.pem", keys / "chain.pem")
-                for raw in servers.messages(party.email):
-                    mail = email.message_from_bytes(raw)
-                    opened = open_sealed(raw, me, trust, expected_sender=PartyBinding(email=own_email))
-                    say(f"  {code} opened {mail['Subject']}: signed by {opened.signer.subject.rfc4514_string()[:40]}…,"
-                        f" {len(opened.xml)} bytes of XML")
-                    mdn = build_mdn(original_message_id=mail["Message-ID"], original_recipient=party.email,
-                                    final_recipient=party.email, disposition=Disposition.PROCESSED, reason_code=None,
-                                    mic=opened.mic, signer=me)
-                    servers.deliver(party.email, own_email,
-                                    f"From: <{party.email}>\r\nTo: <{own_email}>\r\nSubject: ontvangstbevestiging\r\n"
-                                    f"MIME-Version: 1.0\r\n".encode() + mdn.entity)
-            final = await watch(store, ids, {State.ACKNOWLEDGED, State.FAILED, State.HELD}, 90)
-        finally:
-            await store.close()
-        ok = len(final) == len(ids) and set(final.values()) == {State.ACKNOWLEDGED} and refused.exists()
-        say(f"== {'every message delivered and acknowledged' if ok else 'NOT every message was acknowledged'} ==")
+        say()
+        say("== summary ==")
+        say(f"  {'message':38} {'type':20} {'from → to':30} {'route':9} {'state':13} receipt after")
+        for mid, (code, dropped) in sent.items():
+            r = records.get(mid)
+            if r is None:
+                say(f"  {mid:38} (never picked up)")
+                continue
+            took = (r.acknowledged_at.timestamp() - (time.time() - (time.monotonic() - dropped))) \
+                if r.acknowledged_at else None
+            route = "platform" if r.transport == "platform" else "e-mail"
+            say(f"  {mid:38} {r.type:20} {(code + ' → ' + r.recipient.split(':')[1]):30} {route:9} "
+                f"{r.state.value:13} {f'{took:.1f} s' if took is not None else '-'}")
+        ok = len(records) == len(sent) and all(r.state is State.ACKNOWLEDGED for r in records.values())
+        say()
+        say(f"  {len(sent)} messages in {elapsed:.1f} s: "
+            + ("every one delivered, opened by its entitled recipient and acknowledged"
+               if ok else "NOT every message was acknowledged: see the logs"))
+        say("  where to look: the inboxes (one .xml + .json per message, by type):")
+        for g in gateways.values():
+            say(f"    {NAMES[g.code]:20} {g.config.folders.inbox}")
         return 0 if ok else 1
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(60)
+        for g in gateways.values():
+            await g.stop()
         servers.stop()
-        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _answer_when_received(inbox_file: Path, rotterdam: Gateway, blad: bytes,
+                                sent: dict[str, tuple[str, float]]) -> None:
+    """Rotterdam's own system: when the meldingsbericht is in its inbox, it drops its gemeenteblad."""
+    while not inbox_file.exists():
+        await asyncio.sleep(0.2)
+    sent[message_id(blad)] = ("0599", time.monotonic())
+    drop(rotterdam, BLAD, blad)
+
+
+def main() -> int:
+    keep = "--clean" not in sys.argv  # the set-ups stay for a look (no process is left running)
+    work = Path(tempfile.mkdtemp(prefix="nazorg-demo-"))
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(exchange(work))
+    loop.add_signal_handler(signal.SIGINT, task.cancel)  # Ctrl-C: stop the gateways and servers, then leave
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        say("\nstopped: every gateway and mail server is down")
+        return 130
+    finally:
+        loop.close()
+        if keep:
+            say(f"kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    raise SystemExit(main())
