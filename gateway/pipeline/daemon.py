@@ -67,6 +67,8 @@ class Gateway:
         self.sealer: Sealer | None = None
         self.intake: Intake | None = None
         self.as2_server = None
+        #: set once every service is listening and running (what tests and demos wait for)
+        self.ready = asyncio.Event()
 
     async def run(self) -> None:
         cfg = self.config
@@ -135,6 +137,7 @@ class Gateway:
                      receipts="imap" if cfg.imap else "none",
                      as2_server=f"{cfg.as2.listen[0]}:{self.as2_server.port}" if self.as2_server else None)
             tasks = [asyncio.create_task(s) for s in services]
+            self.ready.set()
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for t in done:

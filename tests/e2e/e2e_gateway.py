@@ -64,7 +64,7 @@ async def running(config: GatewayConfig):
     gateway = Gateway(config)
     task = asyncio.create_task(gateway.run())
     try:
-        while gateway.dispatcher is None and not task.done():
+        while not gateway.ready.is_set() and not task.done():
             await asyncio.sleep(0.02)
         if task.done():
             task.result()
