@@ -222,6 +222,8 @@ class TrustStore:
         self._crl_signature_ok: dict[tuple[int, bytes], bool] = {}
         #: (validation time, verifier) of the last check; replaced as one tuple, so threads may share a store
         self._verifier: tuple[datetime, object] | None = None
+        #: validated chain -> the earliest next update of the CRLs that found it unrevoked (None: none)
+        self._unrevoked: dict[tuple[x509.Certificate, ...], datetime | None] = {}
         #: (certificate, extra chain) -> (validated chain, valid from, reusable until)
         self._chains: dict[tuple, tuple[tuple[x509.Certificate, ...], datetime, datetime]] = {}
 
@@ -354,6 +356,20 @@ class TrustStore:
     # -- revocation ----------------------------------------------------------------------------
 
     def _check_revocation(self, chain: list[x509.Certificate], at: datetime) -> None:
+        # the CRLs of a store never change: a chain found unrevoked stays so until a CRL it relied on is due
+        key = tuple(chain)
+        if key in self._unrevoked:
+            due = self._unrevoked[key]
+            if due is None or not self.stale_crl_is_failure or at <= due:
+                return
+        due = self._revocation(chain, at)
+        if len(self._unrevoked) >= 4096:
+            self._unrevoked.clear()
+        self._unrevoked[key] = due
+
+    def _revocation(self, chain: list[x509.Certificate], at: datetime) -> datetime | None:
+        """Raise if revoked or unknown; else the earliest next update of the CRLs relied on (None: none)."""
+        earliest = None
         for i, cert in enumerate(chain[:-1]):
             issuer = chain[i + 1]
             in_scope = [crl for crl in self._crls_of(issuer) if _covers(crl, cert)]
@@ -376,6 +392,9 @@ class TrustStore:
                 raise RevocationUnknown(f"the CRL of '{issuer.subject.rfc4514_string()}' is stale (next update "
                                         + (f"was due {due:%Y-%m-%d %H:%M:%SZ}" if due else "not announced")
                                         + f"): the revocation status of {describe(cert)} is unknown")
+            if due is not None:
+                earliest = due if earliest is None else min(earliest, due)
+        return earliest
 
     def _crls_of(self, issuer: x509.Certificate) -> list[x509.CertificateRevocationList]:
         """CRLs named after `issuer` whose signature its key verifies (cached per CRL and key)."""
