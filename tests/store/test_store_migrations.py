@@ -21,7 +21,8 @@ def add_note_column(conn: Connection) -> None:
     Index("ix_messages_note", Table("messages", md, Column("note", String)).c.note).create(conn)
 
 
-STEP_2 = Migration(2, "test: messages.note", add_note_column)
+LAST = len(MIGRATIONS)  #: the version this code knows
+NEXT = Migration(LAST + 1, "test: messages.note", add_note_column)  #: what a later release would add
 
 
 def applied(db_path) -> list[tuple]:
@@ -30,7 +31,7 @@ def applied(db_path) -> list[tuple]:
 
 
 async def test_a_fresh_file_gets_the_schema_and_the_pragmas(store, db_path):
-    assert applied(db_path) == [(1, MIGRATIONS[0].description)]
+    assert applied(db_path) == [(m.version, m.description) for m in MIGRATIONS]
     with sqlite3.connect(db_path) as c:
         assert c.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent, set by the store
 
@@ -67,28 +68,28 @@ async def test_the_migrated_schema_is_the_schema_the_code_uses(store, db_path, t
 
 
 async def test_an_older_database_is_upgraded_and_keeps_its_rows(url, clock, make, db_path):
-    s = await Store.open(url, clock=clock)  # the database as version 1 left it, with a message in it
+    s = await Store.open(url, clock=clock)  # the database as this version left it, with a message in it
     await s.accept(make("m1"))
     await s.close()
-    s = await Store.open(url, clock=clock, migrations=(*MIGRATIONS, STEP_2))
+    s = await Store.open(url, clock=clock, migrations=(*MIGRATIONS, NEXT))
     try:
-        assert [v for v, _ in applied(db_path)] == [1, 2]
+        assert [v for v, _ in applied(db_path)] == list(range(1, LAST + 2))
         assert (await s.get("m1")).state is State.RECEIVED
         with sqlite3.connect(db_path) as c:
             assert "note" in {r[1] for r in c.execute("PRAGMA table_info(messages)")}
     finally:
         await s.close()
-    s = await Store.open(url, clock=clock, migrations=(*MIGRATIONS, STEP_2))  # nothing left to do
+    s = await Store.open(url, clock=clock, migrations=(*MIGRATIONS, NEXT))  # nothing left to do
     await s.close()
-    assert [v for v, _ in applied(db_path)] == [1, 2]
+    assert [v for v, _ in applied(db_path)] == list(range(1, LAST + 2))
 
 
 async def test_a_newer_database_is_refused(url, clock, db_path):
-    s = await Store.open(url, clock=clock, migrations=(*MIGRATIONS, STEP_2))
+    s = await Store.open(url, clock=clock, migrations=(*MIGRATIONS, NEXT))
     await s.close()
-    with pytest.raises(SchemaError, match=r"schema is version 2, newer than this gateway knows \(1\)"):
+    with pytest.raises(SchemaError, match=rf"schema is version {LAST + 1}, newer than this gateway knows \({LAST}\)"):
         await Store.open(url, clock=clock)
-    assert [v for v, _ in applied(db_path)] == [1, 2]
+    assert [v for v, _ in applied(db_path)] == list(range(1, LAST + 2))
 
 
 async def test_a_failing_step_changes_nothing(url, clock, db_path):
@@ -98,14 +99,14 @@ async def test_a_failing_step_changes_nothing(url, clock, db_path):
     def half_done(conn: Connection) -> None:
         conn.execute(text("CREATE TABLE leftovers (x INTEGER)"))
         conn.execute(text("ALTER TABLE messages ADD COLUMN half VARCHAR"))
-        raise RuntimeError("step 2 broke halfway")
+        raise RuntimeError("the step broke halfway")
 
     with pytest.raises(RuntimeError, match="halfway"):
-        await Store.open(url, clock=clock, migrations=(*MIGRATIONS, Migration(2, "broken", half_done)))
+        await Store.open(url, clock=clock, migrations=(*MIGRATIONS, Migration(LAST + 1, "broken", half_done)))
     with sqlite3.connect(db_path) as c:  # SQLite DDL is transactional: the whole step rolled back
         assert c.execute("SELECT name FROM sqlite_master WHERE name='leftovers'").fetchall() == []
         assert "half" not in {r[1] for r in c.execute("PRAGMA table_info(messages)")}
-    assert [v for v, _ in applied(db_path)] == [1]
+    assert [v for v, _ in applied(db_path)] == list(range(1, LAST + 1))
 
 
 async def test_a_foreign_database_is_not_touched(url, clock, db_path):
@@ -119,7 +120,7 @@ async def test_a_foreign_database_is_not_touched(url, clock, db_path):
 
 async def test_steps_must_be_numbered_without_gaps(url, clock):
     with pytest.raises(SchemaError, match="without gaps"):
-        await Store.open(url, clock=clock, migrations=(*MIGRATIONS, Migration(3, "gap", add_note_column)))
+        await Store.open(url, clock=clock, migrations=(*MIGRATIONS, Migration(LAST + 2, "gap", add_note_column)))
 
 
 def test_the_schema_compiles_for_postgresql():
