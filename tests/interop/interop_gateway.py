@@ -13,12 +13,20 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from gateway.config import GatewayConfig, load_config
 from gateway.pipeline.daemon import Gateway
 from gateway.setup_local import init_local
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_template(folder: Path, *, party: str, partner: str) -> Path:
