@@ -2,12 +2,13 @@
 over real HTTPS with mutual TLS on loopback, receipts verified on both sides.
 
 1. pyas2lib sends to OUR daemon (`Gateway` with its AS2 server and the real intake: open, validate,
-   entitlement, inbox, store, signed MDN). pyas2lib's defaults (3DES) are refused with a signed
-   ``processed/error: weak-algorithm`` that pyas2lib itself verifies and reads; set to AES-CBC the
-   message is accepted, and pyas2lib verifies our signed MDN and reads ``processed`` with the MIC it
-   computed itself. RSA-OAEP (SHA-1) key transport is accepted too, once pyas2lib honours its own
-   ``key_enc_alg`` option (its bug; see README.md). A resend gets the same receipt, one inbox file.
-   A compressed message (RFC 5402) is refused: we do not decompress (see README.md).
+   entitlement, inbox, store, signed MDN). pyas2lib's defaults (neither signed nor encrypted) are
+   refused ``processed/error: malformed``; signed and encrypted with its default cipher (3DES),
+   ``processed/error: weak-algorithm`` (a signed MDN that pyas2lib itself verifies and reads). Set to
+   AES-CBC the message is accepted, and pyas2lib verifies our signed MDN and reads ``processed`` with
+   the MIC it computed itself. RSA-OAEP (SHA-1) key transport is accepted too, once pyas2lib honours
+   its own ``key_enc_alg`` option (its bug; see README.md). A resend gets the same receipt, one inbox
+   file. A compressed message (RFC 5402) is refused: we do not decompress (see README.md).
 2. OUR `As2Client` sends to pyas2lib acting as server; its signed MDN is verified with `parse_mdn` and
    `check_receipt`: MATCH for RSA PKCS#1 v1.5 and RSA-OAEP-SHA1 with AES-256-CBC, base64 and binary
    bodies. Where pyas2lib's answer proves nothing (it cannot read OAEP-SHA256/512 or AES-GCM; a partner
@@ -92,10 +93,16 @@ async def test_pyas2lib_sends_to_our_daemon(template, keys, trust, tmp_path, mon
     async with running(cfg) as gw:
         url = gw.as2_server.url(cfg.as2.path)
 
-        # pyas2lib as installed: 3DES content encryption, which we refuse as weak, and say so
+        xml, mid = with_new_id(example("01-meldingsbericht.xml"))
+        # pyas2lib's defaults: neither signed nor encrypted (AS2 allows it; we do not)
+        plain = built(org, peer_partner(keys, GM, **MDN_WANTED), xml)
+        answer = await send(url, plain, tls)
+        assert answer.status == 200
+        assert as2.Mdn().parse(answer.raw, lambda *_: plain) == ("processed/error", "malformed")
+
+        # signed and encrypted, with pyas2lib's default cipher 3DES, which we refuse as weak, and say so
         default = peer_partner(keys, GM, sign=True, encrypt=True, **MDN_WANTED)
         assert default.enc_alg == "tripledes_192_cbc"
-        xml, mid = with_new_id(example("01-meldingsbericht.xml"))
         msg = built(org, default, xml)
         answer = await send(url, msg, tls)
         assert answer.status == 200
@@ -104,8 +111,6 @@ async def test_pyas2lib_sends_to_our_daemon(template, keys, trust, tmp_path, mon
         assert (refused.outcome, refused.reason_code) == ("refused", "weak-algorithm")
         assert "3DES" in refused.reason
         assert not inbox.exists()
-        kept = json.loads(next(cfg.folders.quarantine.glob("*.json")).read_text())
-        assert (kept["reason_code"], kept["claimed_sender"]) == ("weak-algorithm", PI)
 
         # configured to AES-256-CBC (pyas2lib still uses RSA PKCS#1 v1.5 key transport): accepted
         aes = peer_partner(keys, GM, sign=True, encrypt=True, enc_alg="aes_256_cbc", **MDN_WANTED)
@@ -157,8 +162,10 @@ async def test_pyas2lib_sends_to_our_daemon(template, keys, trust, tmp_path, mon
         refused3 = await gw.store.find_inbound_by_transport("as2", f"<{msg3.message_id}>")
         assert (refused3.outcome, refused3.reason_code) == ("refused", "schema-invalid")
     assert sorted(p.name for p in inbox.glob("*.xml")) == sorted([f"{mid}.xml", f"{mid2}.xml"])
-    assert len(list(cfg.folders.quarantine.glob("*.json"))) == 2
-    print(f"\npyas2lib → our daemon: start, 6 exchanges, stop in {time.perf_counter() - started:.2f} s")
+    kept = [json.loads(p.read_text()) for p in cfg.folders.quarantine.glob("*.json")]
+    assert sorted((k["reason_code"], k["claimed_sender"]) for k in kept) == [
+        ("malformed", PI), ("schema-invalid", PI), ("weak-algorithm", PI)]
+    print(f"\npyas2lib → our daemon: start, 7 exchanges, stop in {time.perf_counter() - started:.2f} s")
 
 
 # -- 2. our client sends, pyas2lib receives -------------------------------------------------------
