@@ -28,7 +28,8 @@ SMTP failure leaves the mail in place (handler result None): it is offered
 again, and then answered from the store (an accepted message gets the same
 receipt; a refused one is checked again). A permanent or security failure of
 the receipt is an alert; the mail is filed all the same (the receipt is in the
-store). A fault in the intake itself propagates: `watch_mailbox` logs its type
+store); so is a gateway without an SMTP relay (``smtp_sender`` None). A
+fault in the intake itself propagates: `watch_mailbox` logs its type
 and leaves the mail for the next round.
 """
 
@@ -95,7 +96,7 @@ def _address(value: str | None) -> str | None:
 
 
 class MailIntake:
-    def __init__(self, *, intake: Intake, matcher: ReceiptMatcher, smtp_sender: SmtpSender, own_email: str,
+    def __init__(self, *, intake: Intake, matcher: ReceiptMatcher, smtp_sender: SmtpSender | None, own_email: str,
                  processed_folder: str, quarantine_folder: str, unrecognised_folder: str,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.intake = intake
@@ -154,6 +155,10 @@ class MailIntake:
         to = arrival.reply_to
         if not to:
             log.info("receipt-not-asked", uid=mail.uid, message_id=outcome.message_id)
+            return True
+        if self.smtp is None:
+            log.warning("receipt-not-sent", uid=mail.uid, message_id=outcome.message_id,
+                        why="no SMTP relay is configured: receipts cannot be sent by mail")
             return True
         if not self.intake.is_partner_address(to):
             log.warning("receipt-not-sent", uid=mail.uid, message_id=outcome.message_id,
