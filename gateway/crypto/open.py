@@ -421,9 +421,12 @@ def _xml_of(signed: bytes, what: str) -> bytes:
     if signed.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<":
         return signed
     headers, body = _split_entity_at(signed, what)
-    mtype, _ = content_type(headers.get("content-type"))
+    mtype, params = content_type(headers.get("content-type"))
     if mtype.startswith(("multipart/", "message/")):
         raise MalformedMessage(f"{what} is {_shown(mtype)!r}, expected a single XML document")
+    if mtype in PKCS7_MIME and params.get("smime-type", "").lower() == "compressed-data":
+        # RFC 5402 compression (some AS2 peers offer it): not decompressed here, refused by name
+        raise UnsupportedAlgorithm(f"{what} is compressed (RFC 5402 compressed-data): send it uncompressed")
     return _decode_body_at(signed, body, headers.get("content-transfer-encoding"), what)
 
 

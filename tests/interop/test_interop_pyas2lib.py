@@ -152,19 +152,18 @@ async def test_pyas2lib_sends_to_our_daemon(template, keys, trust, tmp_path, mon
         assert (inbox / f"{mid2}.xml").read_bytes() == xml2.replace(b"\n", b"\r\n")  # UTF-8 (8bit) intact
 
         # compressed (RFC 5402; pyas2lib compresses before signing, Partner(compress=True)): we do not
-        # decompress, so the CompressedData reaches validation and is refused. Never in the inbox; the reason
-        # code is misleading today (see README.md, "What our side refuses")
+        # decompress; it is refused by name (unsupported-algorithm), never in the inbox (see README.md)
         packed = peer_partner(keys, GM, sign=True, encrypt=True, enc_alg="aes_256_cbc", compress=True,
                               **MDN_WANTED)
         msg3 = built(org, packed, with_new_id(example("01-meldingsbericht.xml"))[0])
         answer3 = await send(url, msg3, tls)
-        assert as2.Mdn().parse(answer3.raw, lambda *_: msg3) == ("processed/error", "schema-invalid")
+        assert as2.Mdn().parse(answer3.raw, lambda *_: msg3) == ("processed/error", "unsupported-algorithm")
         refused3 = await gw.store.find_inbound_by_transport("as2", f"<{msg3.message_id}>")
-        assert (refused3.outcome, refused3.reason_code) == ("refused", "schema-invalid")
+        assert (refused3.outcome, refused3.reason_code) == ("refused", "unsupported-algorithm")
     assert sorted(p.name for p in inbox.glob("*.xml")) == sorted([f"{mid}.xml", f"{mid2}.xml"])
     kept = [json.loads(p.read_text()) for p in cfg.folders.quarantine.glob("*.json")]
     assert sorted((k["reason_code"], k["claimed_sender"]) for k in kept) == [
-        ("malformed", PI), ("schema-invalid", PI), ("weak-algorithm", PI)]
+        ("malformed", PI), ("unsupported-algorithm", PI), ("weak-algorithm", PI)]
     print(f"\npyas2lib → our daemon: start, 7 exchanges, stop in {time.perf_counter() - started:.2f} s")
 
 
