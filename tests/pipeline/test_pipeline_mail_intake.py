@@ -10,6 +10,7 @@ import hashlib
 from datetime import datetime, timezone
 
 import pytest
+import structlog
 
 from adapters.imap import FetchedMail
 from adapters.smtp import RelaySettings, SmtpSender
@@ -171,3 +172,24 @@ def test_the_receipt_mail_names_no_content(setup):
     with pytest.raises(ValueError):
         compose_receipt(mdn=mdn, from_address=GEMEENTE, to_address="a@b.nl\r\nBcc: c@d.nl", message_id=None,
                         date=at, id_domain="gemeente-0599.example.nl")
+
+
+async def test_without_a_relay_or_a_message_id_the_message_is_still_received(setup, rstore, mail_intake):
+    xml, mid = with_new_id(example("01-meldingsbericht.xml"))
+    _, data, mail_id = sealed_mail(setup, xml)
+    no_relay = MailIntake(intake=mail_intake.intake, matcher=mail_intake.matcher, smtp_sender=None,
+                          own_email=GEMEENTE, processed_folder=DONE, quarantine_folder=QUARANTINE,
+                          unrecognised_folder=UNKNOWN)
+    assert await no_relay.handle(FetchedMail(20, data)) == DONE
+    assert (await rstore.find_inbound(mid)).outcome == "accepted"
+    # a new message without a Message-ID: accepted, but a receipt could name nothing, so none is sent
+    xml2, mid2 = with_new_id(example("03-basisdocument.xml"))
+    _, data2, mail_id2 = sealed_mail(setup, xml2)
+    anonymous = data2.replace(f"Message-ID: {mail_id2}\r\n".encode(), b"")
+    assert anonymous != data2
+    with structlog.testing.capture_logs() as logs:
+        assert await mail_intake.handle(FetchedMail(21, anonymous)) == DONE
+    assert "inbound.no_receipt" in {e["event"] for e in logs}
+    assert "receipt-sent" not in {e["event"] for e in logs}
+    row = await rstore.find_inbound(mid2)
+    assert (row.outcome, row.transport_message_id, row.receipt) == ("accepted", None, None)
