@@ -390,6 +390,14 @@ class LoadedSecrets:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The operator's web dashboard (``nazorg-gateway dashboard``): where it listens, who may log in."""
+
+    listen: tuple[str, int] = ("127.0.0.1", 8080)  #: loopback by default: put a TLS proxy in front for more
+    accounts_file: Path | None = None  #: None: secrets/dashboard-accounts next to the configuration
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     party: PartyConfig
@@ -408,6 +416,7 @@ class GatewayConfig:
     #: the registries as read at load, reused by parties()
     _registries: tuple[MunicipalityRegistry, InstitutionRegistry] | None = field(default=None, repr=False,
                                                                                   compare=False)
+    dashboard: DashboardConfig = DashboardConfig()
 
     def parties(self) -> Parties:
         """Both registries behind the interface the validator takes (those read at load, not read again)."""
@@ -992,6 +1001,21 @@ def _limits(t: _Table | None, ctx: _Context) -> Limits:
     return limits
 
 
+def _dashboard(t: _Table | None, ctx: _Context) -> DashboardConfig:
+    t = t or _Table({}, "dashboard", ctx)
+    listen_text = t.text("listen", "127.0.0.1:8080") or "127.0.0.1:8080"
+    host, _, port = listen_text.rpartition(":")
+    listen = DashboardConfig.listen
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        t.problem("listen", f"{_shown(listen_text)} is not HOST:PORT")
+    else:
+        listen = (host.strip("[]"), int(port))
+    accounts = t.resolve(t.text("accounts_file", "secrets/dashboard-accounts") or "secrets/dashboard-accounts")
+    t.check_path("accounts_file", accounts, None)
+    t.finish()
+    return DashboardConfig(listen, accounts)
+
+
 def load_config(path: str | os.PathLike) -> GatewayConfig:
     """Read and check the configuration file; ConfigError lists every problem (`key: problem`)."""
     path = Path(path)
@@ -1028,6 +1052,7 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     retry = _retry(top.table("retry"), ctx)
     limits = _limits(top.table("limits"), ctx)
     routes = _routes(top.table("routes"), party.code if party else None)
+    dashboard = _dashboard(top.table("dashboard"), ctx)
     top.finish()
 
     if smtp is None and (by_mail := [c for c, r in routes.items() if r.transport == "email"]):
@@ -1046,4 +1071,5 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     assert party and identity and trust and registries and log_level
     assert ctx.institutions is not None and ctx.municipalities is not None
     return GatewayConfig(path, party, identity, trust, folders, store, registries, MappingProxyType(routes), smtp,
-                         imap, retry, limits, log_level, as2, (ctx.municipalities, ctx.institutions))
+                         imap, retry, limits, log_level, as2, (ctx.municipalities, ctx.institutions),
+                         dashboard=dashboard)
