@@ -42,6 +42,7 @@ from sqlalchemy import (Connection, Engine, Row, Select, and_, bindparam, delete
                         update)
 from sqlalchemy.exc import IntegrityError
 
+from .chain import GENESIS, row_hash
 from .engine import BUSY_TIMEOUT_MS, Runner, make_engine
 from .migrations import MIGRATIONS, Migration, apply_migrations
 from .schema import audit, inbound, messages, pickups, receipts, sealed, transitions
@@ -81,6 +82,7 @@ _INSERT_PICKUP = insert(pickups)
 _INSERT_PICKUP_RETURNING = insert(pickups).returning(*_PICKUP_COLS)
 _INSERT_TRANSITION = insert(transitions)
 _INSERT_AUDIT = insert(audit)
+_LAST_AUDIT = select(audit.c.id, audit.c.hash).order_by(audit.c.id.desc()).limit(1).with_for_update()
 _INSERT_RECEIPT = insert(receipts)
 _INSERT_SEALED = insert(sealed)
 _DELETE_SEALED = delete(sealed).where(sealed.c.message_id == bindparam("_mid"))
@@ -211,8 +213,34 @@ class Store:
                                      origin=origin or self.origin, actor=actor)])
 
     def _audit_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """The single place audit rows are written (a hash chain, when added, goes here)."""
-        conn.execute(_INSERT_AUDIT, rows)
+        """The single place audit rows are written: each chained to the one before (``chain.py``).
+
+        Inside the caller's write transaction (which holds the writer lock), so the last row read
+        here is still the last when these are inserted; ids are given, not left to AUTOINCREMENT,
+        because each one is part of its row's hash.
+        """
+        last = conn.execute(_LAST_AUDIT).first()
+        next_id, prev = (1, GENESIS) if last is None else (last.id + 1, last.hash)
+        chained = []
+        for row in rows:
+            h = row_hash(prev, next_id, row["at"], row["action"], row["object"], row["result"], row["origin"],
+                         row["actor"])
+            chained.append({**row, "id": next_id, "prev_hash": prev, "hash": h})
+            next_id, prev = next_id + 1, h
+        conn.execute(_INSERT_AUDIT, chained)
+
+    def audit_in(self, conn: Connection, action: str, obj: str, result: str, actor: str,
+                 origin: str | None = None) -> None:
+        """An audit row inside a transaction run with ``run_write`` (ops modules: purge, checkpoints)."""
+        self._audit(conn, self._now(), action, obj, result, actor, origin)
+
+    async def run_read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(conn, *args)`` on a reader connection: for ops modules that own their queries."""
+        return await self._run.read(fn, *args)
+
+    async def run_write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(conn, *args)`` as one write transaction; audit rows only through ``audit_in``."""
+        return await self._run.write(fn, *args)
 
     # -- pick-up
 
@@ -308,6 +336,18 @@ class Store:
             res = conn.execute(update(pickups).where(pickups.c.id == pickup_id).values(confirmed_at=now))
             if res.rowcount != 1:
                 raise StoreError(f"no pickup {pickup_id}")
+
+        await self._run.write(tx)
+
+    async def confirm_accepted(self, sha256: str) -> None:
+        """`confirm_pickup` for the accepted pick-up of this file (one write, no read first)."""
+        now = self._now()
+
+        def tx(conn: Connection) -> None:
+            res = conn.execute(update(pickups).where(pickups.c.sha256 == sha256, pickups.c.outcome == "accepted")
+                               .values(confirmed_at=now))
+            if res.rowcount != 1:
+                raise StoreError(f"no accepted pickup of {sha256[:16]}")
 
         await self._run.write(tx)
 
@@ -669,8 +709,9 @@ class Store:
         await self._run.write(self._audit, now, action, object, result, actor, origin)
 
     async def audit_rows(self, limit: int = 100, *, object: str | None = None) -> list[dict[str, Any]]:
-        """The most recent audit rows, newest first (optionally of one object)."""
-        q = select(audit)
+        """The most recent audit rows, newest first (optionally of one object); the chain's hashes are
+        ``gateway.ops.audit``'s business, not the reader's."""
+        q = select(*[c for c in audit.c if c.name not in ("prev_hash", "hash")])
         if object is not None:
             q = q.where(audit.c.object == object)
         q = q.order_by(audit.c.id.desc()).limit(limit)
@@ -679,6 +720,11 @@ class Store:
             return [dict(r._mapping) for r in conn.execute(q)]
 
         return await self._run.read(tx)
+
+    async def read_query(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(connection, *args)`` on a reader connection: for the operator's reports, which write
+        their own aggregate queries (``gateway/ops``). ``fn`` must only read."""
+        return await self._run.read(fn, *args)
 
 
 # -- reads shared by several methods (they run in a reader thread)
