@@ -22,8 +22,9 @@ from datetime import datetime
 
 import structlog
 from sqlalchemy import (CheckConstraint, Column, Connection, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
-                        Table, Text, func, insert, inspect, select)
+                        Table, Text, bindparam, func, insert, inspect, select, update)
 
+from .chain import GENESIS, row_hash
 from .schema import UTCDateTime, schema_version
 from .states import SchemaError
 
@@ -183,9 +184,100 @@ def _v2_inbound(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v3_audit_chain(conn: Connection) -> None:
+    """Hash-chain the audit trail (existing rows chained in id order), checkpoints, monthly figures.
+
+    SQLite cannot add a NOT NULL column, and ALTER TABLE ... ADD would leave DDL text other
+    than a fresh database's: the old table is renamed aside, the new one created and filled.
+    """
+    md = MetaData()
+    new = Table(
+        "audit", md,
+        Column("id", Integer, primary_key=True),
+        Column("at", UTCDateTime, nullable=False),
+        Column("action", String, nullable=False),
+        Column("object", String, nullable=False),
+        Column("result", Text, nullable=False),
+        Column("origin", String, nullable=False),
+        Column("actor", String, nullable=False),
+        Column("prev_hash", String, nullable=False),
+        Column("hash", String, nullable=False),
+        Index("ix_audit_object", "object"),
+        sqlite_autoincrement=True,
+    )
+    Table(
+        "audit_checkpoints", md,
+        Column("id", Integer, primary_key=True),
+        Column("at", UTCDateTime, nullable=False),
+        Column("up_to_id", Integer, nullable=False),
+        Column("hash", String, nullable=False),
+        Column("algorithm", String, nullable=False),
+        Column("signature", LargeBinary, nullable=False),
+        Column("cert_fingerprint", String, nullable=False),
+        Column("certificate", LargeBinary, nullable=False),
+    )
+    Table(
+        "monthly_figures", md,
+        Column("month", String, primary_key=True),
+        Column("direction", String, primary_key=True),
+        Column("type", String, primary_key=True),
+        Column("sender", String, primary_key=True),
+        Column("recipient", String, primary_key=True),
+        Column("messages", Integer, nullable=False),
+        Column("sent", Integer, nullable=False),
+        Column("acknowledged", Integer, nullable=False),
+        Column("on_time", Integer),
+    )
+    sqlite = conn.dialect.name == "sqlite"
+    seq = 0
+    if sqlite:
+        conn.exec_driver_sql("DROP INDEX ix_audit_object")
+        conn.exec_driver_sql("ALTER TABLE audit RENAME TO audit_v2")
+        seq = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = 'audit_v2'").scalar() or 0
+        old = "audit_v2"
+    else:
+        conn.exec_driver_sql("ALTER TABLE audit ADD COLUMN prev_hash VARCHAR")
+        conn.exec_driver_sql("ALTER TABLE audit ADD COLUMN hash VARCHAR")
+        old = "audit"
+    md.create_all(conn, tables=[t for t in md.sorted_tables if sqlite or t.name != "audit"])
+    prev = GENESIS
+    src = Table(old, MetaData(), Column("id", Integer), Column("at", UTCDateTime), Column("action", String),
+                Column("object", String), Column("result", Text), Column("origin", String), Column("actor", String))
+    batch: list[dict[str, object]] = []
+    for row in conn.execute(select(src).order_by(src.c.id)):
+        values = dict(row._mapping)
+        values["prev_hash"], values["hash"] = prev, row_hash(prev, **values)
+        prev = values["hash"]
+        batch.append(values)
+        if len(batch) >= 1000:
+            _store_chained(conn, new, batch, sqlite)
+            batch = []
+    _store_chained(conn, new, batch, sqlite)
+    if sqlite:
+        conn.exec_driver_sql("DROP TABLE audit_v2")
+        if seq:  # ids keep growing past any row deleted before the upgrade
+            conn.exec_driver_sql("DELETE FROM sqlite_sequence WHERE name = 'audit'")
+            conn.exec_driver_sql(f"INSERT INTO sqlite_sequence (name, seq) VALUES ('audit', {int(seq)})")
+    else:
+        conn.exec_driver_sql("ALTER TABLE audit ALTER COLUMN prev_hash SET NOT NULL")
+        conn.exec_driver_sql("ALTER TABLE audit ALTER COLUMN hash SET NOT NULL")
+
+
+def _store_chained(conn: Connection, table: Table, rows: list[dict[str, object]], insert_rows: bool) -> None:
+    if not rows:
+        return
+    if insert_rows:
+        conn.execute(insert(table), rows)
+    else:
+        conn.execute(update(table).where(table.c.id == bindparam("_id"))
+                     .values(prev_hash=bindparam("_prev"), hash=bindparam("_hash")),
+                     [{"_id": r["id"], "_prev": r["prev_hash"], "_hash": r["hash"]} for r in rows])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
     Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
+    Migration(3, "audit hash chain, audit_checkpoints, monthly_figures", _v3_audit_chain),
 )
 
 

@@ -141,7 +141,8 @@ transitions = Table(
 )
 
 # BIO2 8.15: who did what to which object, from where, with what result. Append-only;
-# ids only grow (AUTOINCREMENT), so a later hash chain can follow id order.
+# ids only grow (AUTOINCREMENT), and each row holds the hash of the one before (``chain.py``):
+# an edited, removed, reordered or inserted row breaks the chain (``gateway.ops.audit.verify``).
 audit = Table(
     "audit", metadata,
     Column("id", Integer, primary_key=True),
@@ -151,8 +152,39 @@ audit = Table(
     Column("result", Text, nullable=False),
     Column("origin", String, nullable=False),
     Column("actor", String, nullable=False),
+    Column("prev_hash", String, nullable=False),  # hex SHA-256 of the row before (chain.GENESIS for the first)
+    Column("hash", String, nullable=False),  # chain.row_hash of this row
     Index("ix_audit_object", "object"),
     sqlite_autoincrement=True,
+)
+
+# The chain anchored: the hash of audit row ``up_to_id``, signed with the gateway's own key. Someone who
+# can rewrite the whole chain from some row on cannot forge a checkpoint after it without that key.
+audit_checkpoints = Table(
+    "audit_checkpoints", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("up_to_id", Integer, nullable=False),
+    Column("hash", String, nullable=False),  # the audit row's hash
+    Column("algorithm", String, nullable=False),  # rsa-pss-sha256 | ecdsa-sha256
+    Column("signature", LargeBinary, nullable=False),
+    Column("cert_fingerprint", String, nullable=False),  # hex SHA-256 of the signing certificate
+    Column("certificate", LargeBinary, nullable=False),  # DER, so an old checkpoint outlives a key rollover
+)
+
+# Monitoring figures that outlive the retention purge (covenant art. 9 vs. the source's section VII):
+# counts only, no message ids, added to by every purge for the messages it removes.
+monthly_figures = Table(
+    "monthly_figures", metadata,
+    Column("month", String, primary_key=True),  # YYYY-MM of received_at (UTC)
+    Column("direction", String, primary_key=True),  # out (messages) | in (inbound)
+    Column("type", String, primary_key=True),
+    Column("sender", String, primary_key=True),
+    Column("recipient", String, primary_key=True),
+    Column("messages", Integer, nullable=False),
+    Column("sent", Integer, nullable=False),
+    Column("acknowledged", Integer, nullable=False),  # receipted (signed receipt or inbound accepted)
+    Column("on_time", Integer),  # None: not judged by the purge that stored the row
 )
 
 receipts = Table(

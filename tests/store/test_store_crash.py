@@ -32,8 +32,8 @@ async def main(url, path, now):
     raw = sqlite3.connect(path, isolation_level=None)
     raw.execute("BEGIN IMMEDIATE")
     raw.execute("UPDATE messages SET state='cancelled' WHERE message_id='m3'")
-    raw.execute("INSERT INTO audit (at, action, object, result, origin, actor) "
-                "VALUES ('2026-01-01 00:00:00.000000', 'half', 'm3', 'never', 'x', 'x')")
+    raw.execute("INSERT INTO audit (at, action, object, result, origin, actor, prev_hash, hash) "
+                "VALUES ('2026-01-01 00:00:00.000000', 'half', 'm3', 'never', 'x', 'x', 'x', 'x')")
     print("dying", flush=True)
     os._exit(9)   # no close(), no checkpoint, no rollback
 

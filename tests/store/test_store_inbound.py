@@ -92,9 +92,13 @@ async def test_concurrent_records_of_one_id_accept_exactly_once(store):
 
 async def test_a_version_1_database_gets_the_inbound_table_and_keeps_its_messages(url, clock, make, db_path):
     s = await Store.open(url, clock=clock, migrations=MIGRATIONS[:1])
-    await s.accept(make("m1"))
     await s.close()
-    with sqlite3.connect(db_path) as c:
+    with sqlite3.connect(db_path) as c:  # a message as version 1 wrote it (today's code writes today's schema)
+        at = "2026-01-01 00:00:00.000000"
+        c.execute("INSERT INTO messages (message_id, type, version, sender, recipient, dossier, priority, state, "
+                  "attempts, file_name, size, sha256, created_at, received_at, updated_at) VALUES ('m1', "
+                  "'meldingsbericht', '1.0', 'pi:PI-VUGHT', 'gemeente:0599', 'D1', 0, 'received', 0, 'm1.xml', 1, "
+                  "'00', ?, ?, ?)", (at, at, at))
         assert c.execute("SELECT name FROM sqlite_master WHERE name='inbound'").fetchall() == []
     s = await Store.open(url, clock=clock)
     try:
@@ -102,6 +106,6 @@ async def test_a_version_1_database_gets_the_inbound_table_and_keeps_its_message
         await s.record_inbound(message_id="m1", **ACCEPTED)  # another table: the same id may be both
         assert (await s.find_inbound("m1")).outcome == "accepted"
         with sqlite3.connect(db_path) as c:
-            assert [r[0] for r in c.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+            assert [r[0] for r in c.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
     finally:
         await s.close()
