@@ -333,7 +333,7 @@ class SmtpSender:
         except Exception as exc:
             self._raise_transaction(exc, step)
         reply = _reply(response.code, response.message)
-        log.info("smtp.accepted", host=self._settings.host, envid=envid_x, dsn=dsn, reply=reply)
+        log.debug("smtp.accepted", host=self._settings.host, envid=envid_x, dsn=dsn, reply=reply)  # the caller logs the state
         return Accepted(reply=reply, dsn_requested=dsn)
 
     def _raise_transaction(self, exc: Exception, step: str) -> NoReturn:

@@ -121,12 +121,6 @@ class Pickup:
             await self._reject(name, size, sha256, _too_large(name, size, self.max_bytes), "too-large")
             return
         sha256 = hashlib.sha256(data).hexdigest()
-        earlier = await self.store.find_pickup(sha256)
-        if earlier is not None and earlier.outcome == "accepted":
-            await self._duplicate(name, size, sha256, "same-file", earlier.message_id,
-                                  f"this exact file was already taken on {earlier.at:%Y-%m-%d %H:%M:%S} UTC "
-                                  f"as message {earlier.message_id}; it is not sent again")
-            return
         checked = await self.validation.check(data, name)
         if not checked.valid:
             await self._reject(name, size, sha256, checked.verdict, _first_code(checked))
@@ -142,16 +136,18 @@ class Pickup:
         spool_name = f"{facts.message_id}.xml"
         try:
             record = await self.store.accept(_new_message(facts, name, size, sha256, self.spool / spool_name))
-        except DuplicateMessage as e:
-            await self._duplicate(name, size, sha256, e.kind, facts.message_id,
-                                  f"message id {facts.message_id} was already taken from another file; "
-                                  "a corrected message needs a new berichtId (and may name the old one in "
-                                  "<vervangt>)" if e.kind == "same-id" else
-                                  f"this exact file was already taken as message {facts.message_id}")
+        except DuplicateMessage as e:  # the store's unique indexes decide (also between concurrent takes)
+            if e.kind == "same-id":
+                reason = (f"message id {facts.message_id} was already taken from another file; a corrected "
+                          "message needs a new berichtId (and may name the old one in <vervangt>)")
+            else:
+                earlier = await self.store.find_pickup(sha256)
+                reason = (f"this exact file was already taken on {earlier.at:%Y-%m-%d %H:%M:%S} UTC as message "
+                          f"{earlier.message_id}; it is not sent again")
+            await self._duplicate(name, size, sha256, e.kind, facts.message_id, reason)
             return
         await asyncio.to_thread(outbox_fs.move, path, self.spool / spool_name)
-        pickup = await self.store.find_pickup(sha256)
-        await self.store.confirm_pickup(pickup.id)
+        await self.store.confirm_accepted(sha256)
         log.info("picked-up", message_id=facts.message_id, type=facts.type, recipient=facts.recipient,
                  size=size, state=record.state.value)
         result = self._accepted(facts.message_id)
