@@ -297,8 +297,14 @@ class Intake:
                            opened=opened, facts=facts, partner=partner)
         mdn = self._mdn(arrival.transport, arrival.transport_message_id, Disposition.PROCESSED, None, opened.mic)
         if found is None:
-            entry = await asyncio.to_thread(self.inbox.deliver, facts.type, facts.message_id, opened.xml, metadata)
-        else:  # a crash came between this file and its row: the file stays, the row is written now
+            try:
+                entry = await asyncio.to_thread(self.inbox.deliver, facts.type, facts.message_id, opened.xml,
+                                                metadata)
+            except FileExistsError:  # another process wrote it a moment ago: the row decides below
+                found = await asyncio.to_thread(self.inbox.find, facts.type, facts.message_id)
+                if found is None or found.metadata.get("mic") != opened.mic:
+                    raise
+        if found is not None:  # a crash came between this file and its row: the file stays, the row is written now
             entry = found
             log.warning("inbound.file_recovered", message_id=facts.message_id, type=facts.type)
         try:
