@@ -302,41 +302,7 @@ async def _open_store(cfg):
     return await Store.open(cfg.check_secrets().store_url.render_as_string(hide_password=False))
 
 
-@messages_app.command("list")
-def messages_list(
-    config: ConfigOption,
-    state: Annotated[Optional[list[str]], typer.Option(help="Only these states (repeatable), e.g. held.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document, for scripts.")] = False,
-) -> None:
-    """Messages with their state and reason (ids, types, parties: never content)."""
-    import asyncio
-
-    from gateway.store import State
-
-    cfg = _config_or_exit(config)
-    try:
-        states = [State(s) for s in state] if state else None
-    except ValueError:
-        raise typer.BadParameter(f"states are: {', '.join(s.value for s in State)}")
-
-    async def rows():
-        store = await _open_store(cfg)
-        try:
-            return await store.list(states=states, limit=limit)
-        finally:
-            await store.close()
-
-    records = asyncio.run(rows())
-    if as_json:
-        typer.echo(json.dumps([{"message_id": r.message_id, "type": r.type, "recipient": r.recipient,
-                                "state": r.state.value, "reason": r.reason, "successor": r.successor,
-                                "attempts": r.attempts, "received_at": r.received_at.isoformat()} for r in records],
-                              indent=2))
-        return
-    out = Console(highlight=False)
-    for r in records:
-        out.print(f"{r.message_id}  {r.type:20} {r.recipient:20} {r.state.value:12} {escape(r.reason or '')}")
+# messages list: gateway/ops/cli_operator.py (with --type --party --since --until)
 
 
 @messages_app.command("release")
@@ -381,6 +347,11 @@ def messages_release(
             await store.close()
 
     raise typer.Exit(asyncio.run(release()))
+
+
+from gateway.ops.cli_operator import register as _register_operator  # noqa: E402  (engineer B: operator)
+
+_register_operator(app, messages_app)
 
 
 def main() -> None:
