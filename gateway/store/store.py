@@ -38,7 +38,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import structlog
-from sqlalchemy import (Connection, Engine, Row, Select, and_, bindparam, delete, func, insert, or_, select,
+from sqlalchemy import (Connection, Engine, Row, Select, and_, bindparam, delete, func, insert, or_, select, text,
                         update)
 from sqlalchemy.exc import IntegrityError
 
@@ -83,6 +83,7 @@ _INSERT_PICKUP_RETURNING = insert(pickups).returning(*_PICKUP_COLS)
 _INSERT_TRANSITION = insert(transitions)
 _INSERT_AUDIT = insert(audit)
 _LAST_AUDIT = select(audit.c.id, audit.c.hash).order_by(audit.c.id.desc()).limit(1).with_for_update()
+_AUDIT_SEQUENCE = text("SELECT seq FROM sqlite_sequence WHERE name = 'audit'")  # AUTOINCREMENT's high-water mark
 _INSERT_RECEIPT = insert(receipts)
 _INSERT_SEALED = insert(sealed)
 _DELETE_SEALED = delete(sealed).where(sealed.c.message_id == bindparam("_mid"))
@@ -221,6 +222,8 @@ class Store:
         """
         last = conn.execute(_LAST_AUDIT).first()
         next_id, prev = (1, GENESIS) if last is None else (last.id + 1, last.hash)
+        if conn.dialect.name == "sqlite":  # past any deleted tail: its gap then shows in the chain
+            next_id = max(next_id, (conn.execute(_AUDIT_SEQUENCE).scalar() or 0) + 1)
         chained = []
         for row in rows:
             h = row_hash(prev, next_id, row["at"], row["action"], row["object"], row["result"], row["origin"],
