@@ -398,6 +398,16 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long what is kept (``gateway.ops.retention``; covenant art. 9)."""
+
+    plaintext_after: timedelta = timedelta(days=30)  #: spool copies, after the message was acknowledged
+    keep_years: int = 5  #: everything else, after the dossier's last message
+    purge_every: timedelta = timedelta(hours=24)  #: the daemon's scheduled purge
+    checkpoint_every: timedelta = timedelta(hours=1)  #: the daemon's signed audit checkpoints
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     party: PartyConfig
@@ -417,6 +427,7 @@ class GatewayConfig:
     _registries: tuple[MunicipalityRegistry, InstitutionRegistry] | None = field(default=None, repr=False,
                                                                                   compare=False)
     dashboard: DashboardConfig = DashboardConfig()
+    retention: Retention = Retention()
 
     def parties(self) -> Parties:
         """Both registries behind the interface the validator takes (those read at load, not read again)."""
@@ -1016,6 +1027,19 @@ def _dashboard(t: _Table | None, ctx: _Context) -> DashboardConfig:
     return DashboardConfig(listen, accounts)
 
 
+def _retention(t: _Table | None, ctx: _Context) -> Retention:
+    t = t or _Table({}, "retention", ctx)
+    d = Retention()
+    retention = Retention(
+        plaintext_after=t.duration("plaintext_after", d.plaintext_after, timedelta(0), timedelta(days=5 * 366)),
+        keep_years=t.integer("keep_years", d.keep_years, 1, 100) or d.keep_years,
+        purge_every=t.duration("purge_every", d.purge_every, timedelta(minutes=1), timedelta(days=31)),
+        checkpoint_every=t.duration("checkpoint_every", d.checkpoint_every, timedelta(seconds=10),
+                                    timedelta(days=1)))
+    t.finish()
+    return retention
+
+
 def load_config(path: str | os.PathLike) -> GatewayConfig:
     """Read and check the configuration file; ConfigError lists every problem (`key: problem`)."""
     path = Path(path)
@@ -1053,6 +1077,7 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     limits = _limits(top.table("limits"), ctx)
     routes = _routes(top.table("routes"), party.code if party else None)
     dashboard = _dashboard(top.table("dashboard"), ctx)
+    retention = _retention(top.table("retention"), ctx)
     top.finish()
 
     if smtp is None and (by_mail := [c for c, r in routes.items() if r.transport == "email"]):
@@ -1072,4 +1097,4 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     assert ctx.institutions is not None and ctx.municipalities is not None
     return GatewayConfig(path, party, identity, trust, folders, store, registries, MappingProxyType(routes), smtp,
                          imap, retry, limits, log_level, as2, (ctx.municipalities, ctx.institutions),
-                         dashboard=dashboard)
+                         dashboard=dashboard, retention=retention)
