@@ -349,6 +349,11 @@ def messages_release(
     raise typer.Exit(asyncio.run(release()))
 
 
+from gateway.ops.cli_web import app as _dashboard_app  # noqa: E402  (engineer C: web dashboard)
+
+app.add_typer(_dashboard_app, name="dashboard")
+
+
 from gateway.ops.cli_operator import register as _register_operator  # noqa: E402  (engineer B: operator)
 
 _register_operator(app, messages_app)

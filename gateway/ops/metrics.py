@@ -1,0 +1,211 @@
+"""The gateway's figures, read from the store: for ``/metrics`` (Prometheus) and the dashboard's overview.
+
+Everything is computed from the store at the moment of asking, so the figures are the same
+whichever process asks (the daemon, a standalone dashboard) and survive restarts. Each call
+renders into a fresh ``CollectorRegistry``: no module-level metric objects, no global state.
+Aggregates only: states, types, party codes, reasons (the rule's name), never content.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from sqlalchemy import Connection, func, select
+
+from gateway.store import State, Store
+from gateway.store.schema import messages, pickups, receipts, transitions
+
+__all__ = ["BUCKETS", "CertificateInfo", "Figures", "certificates", "gather", "render"]
+
+m = messages.c
+#: latency buckets in seconds: from a quick relay hand-over up to the days a receipt may take
+BUCKETS: tuple[float, ...] = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400)
+#: states a message is still waiting for something in (not acknowledged, not given up, not stopped)
+PENDING = frozenset({State.RECEIVED, State.HELD, State.QUEUED, State.SENDING, State.RETRY_WAIT, State.SENT,
+                     State.DELIVERED})
+QUEUE = frozenset({State.QUEUED, State.RETRY_WAIT, State.SENDING})
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    party: str  #: "own" or the route's party code
+    fingerprint: str  #: hex SHA-256, first 16 characters
+    not_after: datetime
+    days_left: float
+
+
+@dataclass(frozen=True)
+class Figures:
+    at: datetime
+    by_state_type_route: list[tuple[str, str, str, int]]  #: (state, type, recipient, count)
+    rejections: dict[str, int]  #: rejected pickups by reason (the rule's name)
+    oldest_pending: tuple[str, datetime] | None  #: (message id, received_at) of the oldest pending message
+    retries: int  #: transitions into retry_wait, ever
+    receipt_mismatches: dict[str, int]  #: signed receipts that prove nothing, by verdict
+    sent_latency: list[float]  #: drop -> sent, seconds, per message sent
+    ack_latency: list[float]  #: drop -> acknowledged, seconds
+    received_per_hour: list[int] = field(default_factory=list)  #: the last 24 hours, oldest first
+    sent_per_hour: list[int] = field(default_factory=list)
+    sent_latency_24h: list[float] = field(default_factory=list)
+    ack_latency_24h: list[float] = field(default_factory=list)
+
+    def by_state(self) -> dict[State, int]:
+        out = dict.fromkeys((s for s in State if s is not State.REJECTED), 0)
+        for state, _, _, n in self.by_state_type_route:
+            out[State(state)] += n
+        out[State.REJECTED] = sum(self.rejections.values())
+        return out
+
+    @property
+    def queue_depth(self) -> int:
+        return sum(n for s, _, _, n in self.by_state_type_route if State(s) in QUEUE)
+
+    @property
+    def oldest_pending_age(self) -> float:
+        return 0.0 if self.oldest_pending is None else (self.at - self.oldest_pending[1]).total_seconds()
+
+
+def _reason_label(reason: str | None) -> str:
+    """The rule a rejection names, bounded (a label, so the set of values must stay small)."""
+    return (reason or "unknown").split(":", 1)[0].strip()[:80] or "unknown"
+
+
+def _figures_tx(conn: Connection, now: datetime) -> Figures:
+    groups = [(s, t, r, n) for s, t, r, n in conn.execute(
+        select(m.state, m.type, m.recipient, func.count()).group_by(m.state, m.type, m.recipient)
+        .order_by(m.state, m.type, m.recipient))]
+    rejections: Counter[str] = Counter()
+    for reason, n in conn.execute(select(pickups.c.reason, func.count()).where(pickups.c.outcome == "rejected")
+                                  .group_by(pickups.c.reason)):
+        rejections[_reason_label(reason)] += n
+    oldest = conn.execute(select(m.message_id, m.received_at).where(m.state.in_([s.value for s in PENDING]))
+                          .order_by(m.received_at, m.message_id).limit(1)).first()
+    retries = conn.execute(select(func.count()).select_from(transitions)
+                           .where(transitions.c.to_state == State.RETRY_WAIT.value)).scalar_one()
+    mismatches = dict(conn.execute(select(receipts.c.verdict, func.count())
+                                   .where(receipts.c.kind == "mdn", receipts.c.verdict != "match")
+                                   .group_by(receipts.c.verdict)).all())
+    since = now - timedelta(hours=24)
+    sent, acked, sent24, acked24 = [], [], [], []
+    sent_hours, recv_hours = [0] * 24, [0] * 24
+    for received_at, sent_at, acknowledged_at in conn.execute(
+            select(m.received_at, m.sent_at, m.acknowledged_at).where(m.sent_at.is_not(None))):
+        sent.append((sent_at - received_at).total_seconds())
+        if sent_at >= since:
+            sent24.append(sent[-1])
+            sent_hours[min(23, int((sent_at - since).total_seconds() // 3600))] += 1
+        if acknowledged_at is not None:
+            acked.append((acknowledged_at - received_at).total_seconds())
+            if acknowledged_at >= since:
+                acked24.append(acked[-1])
+    for (received_at,) in conn.execute(select(m.received_at).where(m.received_at >= since)):
+        recv_hours[min(23, int((received_at - since).total_seconds() // 3600))] += 1
+    return Figures(at=now, by_state_type_route=groups, rejections=dict(rejections),
+                   oldest_pending=None if oldest is None else (oldest[0], oldest[1]), retries=retries,
+                   receipt_mismatches=mismatches, sent_latency=sent, ack_latency=acked,
+                   received_per_hour=recv_hours, sent_per_hour=sent_hours, sent_latency_24h=sent24,
+                   ack_latency_24h=acked24)
+
+
+async def gather(store: Store, now: datetime | None = None) -> Figures:
+    """Every figure in one read (one reader connection, one snapshot per statement)."""
+    return await store.read_query(_figures_tx, now or datetime.now(timezone.utc))
+
+
+def certificates(own_cert: x509.Certificate | None, routes: Mapping[str, Any],
+                 now: datetime | None = None) -> list[CertificateInfo]:
+    """The own certificate and each route's, with the days left (negative: expired). Unreadable: left out."""
+    now = now or datetime.now(timezone.utc)
+    found: list[tuple[str, x509.Certificate]] = []
+    if own_cert is not None:
+        found.append(("own", own_cert))
+    for code, route in sorted(routes.items()):
+        try:
+            found.append((code, x509.load_pem_x509_certificate(Path(route.certificate).read_bytes())))
+        except (OSError, ValueError):
+            continue
+    out = []
+    for party, cert in found:
+        not_after = cert.not_valid_after_utc
+        out.append(CertificateInfo(party, cert.fingerprint(_sha256()).hex()[:16], not_after,
+                                   (not_after - now).total_seconds() / 86400))
+    return out
+
+
+def _sha256():
+    from cryptography.hazmat.primitives import hashes
+
+    return hashes.SHA256()
+
+
+def _histogram(name: str, doc: str, values: Sequence[float]) -> HistogramMetricFamily:
+    counts = Counter()
+    for v in values:
+        for b in BUCKETS:
+            if v <= b:
+                counts[b] += 1
+    buckets = [(_le(b), float(counts[b])) for b in BUCKETS] + [("+Inf", float(len(values)))]
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=float(sum(values)))
+
+
+def _le(b: float) -> str:
+    return str(float(b))
+
+
+class _Snapshot:
+    """A collector over one ``Figures``: registered in a fresh registry per scrape."""
+
+    def __init__(self, figures: Figures, certs: Iterable[CertificateInfo]):
+        self.figures, self.certs = figures, list(certs)
+
+    def collect(self):
+        f = self.figures
+        msgs = GaugeMetricFamily("nazorg_messages", "Messages in the store by state, type and route (recipient).",
+                                 labels=["state", "type", "route"])
+        for state, type_, recipient, n in f.by_state_type_route:
+            msgs.add_metric([state, type_, recipient], n)
+        yield msgs
+        states = GaugeMetricFamily("nazorg_messages_by_state", "Messages per state (rejected: rejected files).",
+                                   labels=["state"])
+        for state, n in f.by_state().items():
+            states.add_metric([state.value], n)
+        yield states
+        yield GaugeMetricFamily("nazorg_queue_depth", "Messages queued, waiting for a retry, or being sent.",
+                                value=f.queue_depth)
+        yield GaugeMetricFamily("nazorg_oldest_unacknowledged_age_seconds",
+                                "Age of the oldest message not yet acknowledged (nor failed or cancelled).",
+                                value=f.oldest_pending_age)
+        yield CounterMetricFamily("nazorg_retries", "Temporary failures that led to a retry.", value=f.retries)
+        rej = CounterMetricFamily("nazorg_rejections", "Dropped files rejected, by reason.", labels=["reason"])
+        for reason, n in sorted(f.rejections.items()):
+            rej.add_metric([reason], n)
+        yield rej
+        mis = CounterMetricFamily("nazorg_receipt_mismatches", "Signed receipts that do not prove delivery, "
+                                  "by verdict.", labels=["verdict"])
+        for verdict, n in sorted(f.receipt_mismatches.items()):
+            mis.add_metric([verdict], n)
+        yield mis
+        days = GaugeMetricFamily("nazorg_certificate_expiry_days", "Days until the certificate expires "
+                                 "(negative: expired).", labels=["party"])
+        for c in self.certs:
+            days.add_metric([c.party], round(c.days_left, 3))
+        yield days
+        yield _histogram("nazorg_drop_to_sent_seconds", "From pick-up to the next hop's acceptance.",
+                         f.sent_latency)
+        yield _histogram("nazorg_drop_to_acknowledged_seconds", "From pick-up to the signed receipt.",
+                         f.ack_latency)
+
+
+def render(figures: Figures, certs: Iterable[CertificateInfo]) -> bytes:
+    """The Prometheus text exposition of one snapshot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(figures, certs))
+    return generate_latest(registry)
