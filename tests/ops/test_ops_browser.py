@@ -1,0 +1,83 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Selenium through chromium-driver.
+
+Log in, see the failed message on the overview, open the failed list, retry it (a POST with the CSRF
+token, no JavaScript), and see it queued; the audit trail names the operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+
+from gateway.store import State
+from ops_web_support import (PASSWORDS, bring_to, new_message, web_config, web_secrets, web_server,  # noqa: F401
+                             web_setup, web_store, web_template)
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def browser() -> webdriver.Chrome:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--no-first-run", "--disable-extensions", "--disable-background-networking"):
+        options.add_argument(arg)
+    options.add_argument("--blink-settings=scriptEnabled=false")  # the dashboard must work without JavaScript
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def retry_in_browser(base: str, mid: str) -> dict[str, str]:
+    seen: dict[str, str] = {}
+    driver = browser()
+    try:
+        driver.set_page_load_timeout(20)
+        driver.get(f"{base}/")
+        assert driver.current_url.startswith(f"{base}/login"), driver.current_url
+        driver.find_element(By.ID, "name").send_keys("olga")
+        driver.find_element(By.ID, "password").send_keys(PASSWORDS["olga"])
+        driver.find_element(By.ID, "login").click()
+        assert driver.find_element(By.TAG_NAME, "h1").text == "Overview"
+        seen["overview"] = driver.page_source
+        driver.find_element(By.LINK_TEXT, "1 failed").click()
+        assert driver.find_element(By.TAG_NAME, "h1").text == "Failed messages"
+        row = driver.find_element(By.XPATH, f"//table[@id='failed']//tr[td/a[text()='{mid}']]")
+        seen["failed_row"] = row.text
+        row.find_element(By.ID, f"retry-{mid}").click()
+        assert driver.find_element(By.TAG_NAME, "h1").text == f"Message {mid}"
+        seen["flash"] = driver.find_element(By.ID, "flash").text
+        seen["state"] = driver.find_element(By.ID, "fact-state").text
+        seen["timeline"] = driver.find_element(By.ID, "timeline").text
+        # back to the failed list: it is gone from there
+        driver.find_element(By.LINK_TEXT, "Failed").click()
+        seen["failed_after"] = driver.page_source
+        seen["cookies"] = repr(driver.get_cookies())
+    finally:
+        driver.quit()
+    return seen
+
+
+async def test_log_in_find_a_failed_message_and_retry_it(web_server, web_store, web_config):
+    mid = await new_message(web_store, web_config)
+    await bring_to(web_store, mid, State.FAILED)
+    other = await new_message(web_store, web_config)
+    await bring_to(web_store, other, State.ACKNOWLEDGED)
+
+    seen = await asyncio.to_thread(retry_in_browser, web_server, mid)
+
+    assert "<script" not in seen["overview"] and not re.search(r"(src|href)=['\"]https?://", seen["overview"])
+    assert "550 mailbox unknown" in seen["failed_row"]
+    assert seen["flash"] == f"retry of {mid}: now queued"
+    assert seen["state"] == "queued"
+    assert "failed queued retry by olga" in seen["timeline"]
+    assert mid not in seen["failed_after"]
+    assert "'httpOnly': True" in seen["cookies"] and "'sameSite': 'Strict'" in seen["cookies"]
+    record = await web_store.get(mid)
+    assert record.state is State.QUEUED and record.next_attempt_at is not None
+    actions = [(a["action"], a["object"], a["result"]) for a in await web_store.audit_rows(30)
+               if a["actor"] == "olga"]
+    assert ("dashboard.retry", mid, "queued") in actions
+    assert ("dashboard.view", "failed", "ok") in actions and ("dashboard.login", "dashboard", "ok") in actions
