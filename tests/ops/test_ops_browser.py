@@ -1,21 +1,35 @@
 """The dashboard in a real browser: Debian's headless Chromium driven by Selenium through chromium-driver.
 
 Log in, see the failed message on the overview, open the failed list, retry it (a POST with the CSRF
-token, no JavaScript), and see it queued; the audit trail names the operator.
+token, no JavaScript), and see it queued; the audit trail names the operator. The second test does it
+against the running daemon and private Postfix/Dovecot: the relay refuses with 550, the message fails,
+the refusal is lifted, the operator retries in the browser and sees the message delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import sys
+
+from aiohttp import web
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from dropped import example, with_new_id
+from gateway.crypto.pki import DEV_PARTIES
+from gateway.ops.web import make_dashboard
+from gateway.ops.web_accounts import add_account
 from gateway.store import State
+from mailservers import MailServers
+from paths import ROOT
 from ops_web_support import (PASSWORDS, bring_to, new_message, web_config, web_secrets, web_server,  # noqa: F401
                              web_setup, web_store, web_template)
+
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))  # the e2e helpers: a set-up wired to the mail servers, the daemon
+from e2e_gateway import drop, make_setup, open_config, running, wait_for_states  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -81,3 +95,57 @@ async def test_log_in_find_a_failed_message_and_retry_it(web_server, web_store, 
                if a["actor"] == "olga"]
     assert ("dashboard.retry", mid, "queued") in actions
     assert ("dashboard.view", "failed", "ok") in actions and ("dashboard.login", "dashboard", "ok") in actions
+
+
+def login_and_retry(driver: webdriver.Chrome, base: str, mid: str) -> dict[str, str]:
+    seen = {}
+    driver.set_page_load_timeout(20)
+    driver.get(f"{base}/failed")
+    driver.find_element(By.ID, "name").send_keys("olga")
+    driver.find_element(By.ID, "password").send_keys(PASSWORDS["olga"])
+    driver.find_element(By.ID, "login").click()  # back to where it was going: the failed list
+    seen["title"] = driver.find_element(By.TAG_NAME, "h1").text
+    row = driver.find_element(By.XPATH, f"//table[@id='failed']//tr[td/a[text()='{mid}']]")
+    seen["failed_row"] = row.text
+    row.find_element(By.ID, f"retry-{mid}").click()
+    seen["flash"] = driver.find_element(By.ID, "flash").text
+    return seen
+
+
+def message_state(driver: webdriver.Chrome, base: str, mid: str) -> tuple[str, str]:
+    driver.get(f"{base}/messages/{mid}")
+    return driver.find_element(By.ID, "fact-state").text, driver.find_element(By.ID, "timeline").text
+
+
+async def test_retry_in_the_browser_gets_a_refused_message_delivered(tmp_path):
+    passwords = {p.email: "pw-" + p.email.replace("@", "-at-") for p in DEV_PARTIES}
+    gemeente = "nazorg@gemeente-0599.example.nl"
+    with MailServers.temporary(passwords, sorted({a.split("@", 1)[1] for a in passwords})) as servers:
+        cfg = open_config(make_setup(tmp_path / "gw", servers, passwords))
+        add_account(cfg.dashboard.accounts_file, "olga", "operator", PASSWORDS["olga"])
+        servers.refuse(gemeente, "550 5.7.1 Gemeente weigert (test)")
+        async with running(cfg) as gateway:
+            data, mid = with_new_id(example("01-meldingsbericht.xml"))
+            drop(cfg.folders.outbox, f"{mid}.xml", data)
+            await wait_for_states(gateway.store, [mid], [State.FAILED], timeout=30)
+            servers.lift(gemeente)
+            runner = web.AppRunner(make_dashboard(cfg, gateway.store, cfg.check_secrets(),
+                                                  queued=gateway.dispatcher.wake), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            driver = await asyncio.to_thread(browser)
+            try:
+                seen = await asyncio.to_thread(login_and_retry, driver, base, mid)
+                assert seen["title"] == "Failed messages"
+                assert "550 5.7.1" in seen["failed_row"] and "Gemeente weigert (test)" in seen["failed_row"]
+                assert re.fullmatch(rf"retry of {mid}: now (queued|sending|sent|delivered)", seen["flash"]), seen
+                # Postfix delivers to the mailbox and its success DSN comes back over IMAP: delivered
+                await wait_for_states(gateway.store, [mid], [State.DELIVERED], timeout=60)
+                state, timeline = await asyncio.to_thread(message_state, driver, base, mid)
+            finally:
+                await asyncio.to_thread(driver.quit)
+                await runner.cleanup()
+        assert state == "delivered"
+        assert "failed queued retry by olga" in timeline and "sent delivered" in timeline
+        assert len(servers.messages(gemeente, folder=None)) == 1
