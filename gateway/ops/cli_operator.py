@@ -83,7 +83,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    # piped: wide enough that tables never cut an id or a reason (rich would take 80 columns)
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 
 
 def _when(value: str | None, option: str) -> datetime | None:

@@ -3,12 +3,14 @@ a real store, messages taken from the outbox by the real pickup and sealed by th
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
@@ -106,4 +108,29 @@ async def deliver(store, mid: str, sent_at: datetime, acknowledged_at: datetime 
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real entry point, in a child process (slow: ~2 s of imports a call)."""
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60)
+
+
+def invoke(*args: str, input: str | None = None) -> SimpleNamespace:
+    """The same command line in this process (typer's runner); the logging set-up it changes is put back.
+
+    ``returncode`` is -1 when the command crashed (so a crash never passes for an exit code 1)."""
+    import structlog
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+
+    saved = structlog.get_config()
+    try:
+        result = CliRunner().invoke(app, list(args), input=input)
+    finally:
+        structlog.configure(**saved)
+    crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+    return SimpleNamespace(returncode=-1 if crashed else result.exit_code, stdout=result.stdout,
+                           stderr=result.stderr, exception=result.exception)
+
+
+async def run_cli(*args: str, input: str | None = None) -> SimpleNamespace:
+    """``invoke`` from an async test: in a thread, as the command runs its own event loop."""
+    return await asyncio.to_thread(invoke, *args, input=input)
