@@ -7,9 +7,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the tests use: independent crypto oracles (openssl cms, gpgsm) and the
-# private mail servers of the e2e suite (Postfix with smtp-source, Dovecot IMAP + LMTP)
-DEB_PACKAGES := openssl gpgsm postfix dovecot-imapd dovecot-lmtpd
+# Debian packages the tests use: independent crypto oracles (openssl cms, gpgsm), the private
+# mail servers of the e2e suite (Postfix with smtp-source, Dovecot IMAP + LMTP), curl (the AS2
+# reference sender) and headless Chromium with its driver (the dashboard's browser test)
+DEB_PACKAGES := openssl gpgsm postfix dovecot-imapd dovecot-lmtpd curl chromium chromium-driver
 
 .PHONY: demo test bench install clean
 
