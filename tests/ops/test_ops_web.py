@@ -197,3 +197,49 @@ async def test_no_page_outside_the_content_view_shows_personal_data(web_server, 
     for value in personal:
         assert not any(value in p for p in pages), "personal data on a page"
     assert any(personal[0] in p for p in [await (await client.get(f"{web_server}/messages/{mid}/content")).text()])
+
+
+async def test_cli_adds_an_account_and_serves_the_dashboard(web_setup, tmp_path):
+    """`dashboard add-account` writes an scrypt hash (0600); `dashboard -c --listen` serves until SIGTERM."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from mailservers import free_port
+
+    config = web_setup / "gateway.toml"
+    result = CliRunner().invoke(app, ["dashboard", "add-account", "-c", str(config), "nina", "--role", "officer",
+                                      "--password-stdin"], input="a-long-enough-password\n")
+    assert result.exit_code == 0, result.output
+    accounts = web_setup / "secrets" / "dashboard-accounts"
+    line = [x for x in accounts.read_text().splitlines() if x.startswith("nina:")][0]
+    assert line.startswith("nina:officer:scrypt$") and "a-long-enough-password" not in accounts.read_text()
+    assert oct(accounts.stat().st_mode & 0o777) == "0o600"
+    short = CliRunner().invoke(app, ["dashboard", "add-account", "-c", str(config), "x", "--password-stdin"],
+                               input="short\n")
+    assert short.exit_code == 1 and "12 characters" in short.output
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "dashboard", "-c", str(config),
+                             "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+            for _ in range(200):
+                try:
+                    r = await s.get(f"http://127.0.0.1:{port}/readyz")
+                    break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+            assert r.status == 200
+            await login(s, f"http://127.0.0.1:{port}", "nina", "a-long-enough-password")
+            page = await (await s.get(f"http://127.0.0.1:{port}/routes")).text()
+            assert "Routes and certificates" in page and "nina (officer)" in page
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        out = proc.communicate(timeout=20)[0].decode()
+    assert proc.returncode == 0, out
