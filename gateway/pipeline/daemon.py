@@ -23,6 +23,9 @@ from adapters.imap import MailboxSettings, watch_mailbox
 from adapters.inbox_fs import InboxWriter
 from adapters.smtp import RelaySettings, SmtpSender
 from gateway.config import ConfigError, GatewayConfig
+from gateway.ops.audit import checkpoint_service
+from gateway.ops.retention import purge_service
+from gateway.ops.web import serve_dashboard
 from gateway.pipeline.dispatcher import Dispatcher
 from gateway.pipeline.intake import Arrival, Intake, party_of_route, partners_from_routes
 from gateway.pipeline.mail_intake import MailIntake
@@ -133,10 +136,21 @@ class Gateway:
                 services.append(watch_mailbox(mailbox, mail.handle, self.stop))
             if cfg.as2 is not None and cfg.as2.listen is not None:
                 self.as2_server = await self._as2_server(matcher)
+            # services that run until cancelled: the audit checkpoints, the retention purge, the dashboard
+            forever = [checkpoint_service(store, secrets.identity, cfg.retention.checkpoint_every),
+                       purge_service(store, every=cfg.retention.purge_every,
+                                     plaintext_after=cfg.retention.plaintext_after,
+                                     keep_years=cfg.retention.keep_years)]
+            accounts = cfg.dashboard.accounts_file or cfg.path.parent / "secrets" / "dashboard-accounts"
+            if accounts.is_file():
+                services.append(serve_dashboard(cfg, store, secrets, stop=self.stop, queued=self.dispatcher.wake))
+            else:
+                log.info("dashboard-off", why="no dashboard accounts yet: `nazorg-gateway dashboard add-account`")
             log.info("started", party=str(cfg.party.party), routes=len(cfg.routes), transports=sorted(transports),
                      receipts="imap" if cfg.imap else "none",
                      as2_server=f"{cfg.as2.listen[0]}:{self.as2_server.port}" if self.as2_server else None)
             tasks = [asyncio.create_task(s) for s in services]
+            background = [asyncio.create_task(s) for s in forever]
             self.ready.set()
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -147,7 +161,9 @@ class Gateway:
                         raise t.exception()
             finally:
                 self.stop.set()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                for t in background:
+                    t.cancel()
+                await asyncio.gather(*tasks, *background, return_exceptions=True)
         finally:
             if self.as2_server is not None:
                 await self.as2_server.close()
