@@ -359,5 +359,10 @@ from gateway.ops.cli_operator import register as _register_operator  # noqa: E40
 _register_operator(app, messages_app)
 
 
+from gateway.ops.cli_audit import register as _register_audit  # noqa: E402  (engineer A: audit, retention)
+
+_register_audit(app)
+
+
 def main() -> None:
     app()

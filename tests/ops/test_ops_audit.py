@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -16,7 +19,7 @@ from gateway.crypto.identity import Identity
 from gateway.ops.audit import checkpoint_service, verify, write_checkpoint
 from gateway.store import MIGRATIONS, Store
 from gateway.store.chain import GENESIS, row_hash
-from paths import NOW
+from paths import NOW, ROOT
 
 
 def make_identity(name: str, key=None) -> Identity:
@@ -227,3 +230,52 @@ async def test_an_upgraded_database_chains_the_rows_it_had(db, own):
         assert report.ok and report.rows == 3
     finally:
         await s.close()
+
+
+@pytest.fixture(scope="module")
+def gateway_setup(tmp_path_factory):
+    from gateway.setup_local import init_local
+
+    folder = tmp_path_factory.mktemp("audit-cli") / "gw"
+    init_local(folder)
+    return folder
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+
+
+async def test_the_cli_verifies_names_the_break_and_purges(gateway_setup):
+    from gateway.config import load_config
+
+    conf = gateway_setup / "gateway.toml"
+    cfg = load_config(conf)
+    cfg.store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    s = await Store.open(cfg.store.url)
+    try:
+        await fill(s, 4)
+        await write_checkpoint(s, cfg.check_secrets().identity)
+    finally:
+        await s.close()
+
+    done = cli("audit", "verify", "-c", str(conf), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["rows"] == 4 and report["checkpoints"] == 1 and report["covered_up_to"] == 4
+
+    raw(cfg.store.sqlite_path, "UPDATE audit SET actor = 'someone else' WHERE id = 2")
+    done = cli("audit", "verify", "-c", str(conf))
+    assert done.returncode == 1
+    assert "BROKEN at row 2: edited" in done.stdout
+
+    done = cli("purge", "-c", str(conf), "--dry-run", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["counts"] == dict.fromkeys(
+        ("plaintext", "dossiers", "messages", "inbound", "rejected", "files_removed"), 0)
+    done = cli("purge", "-c", str(conf))
+    assert done.returncode == 0 and "files removed" in done.stdout
+    actions = [r[0] for r in raw(cfg.store.sqlite_path, "SELECT action || ' ' || result FROM audit ORDER BY id")]
+    # verify audited itself (intact, then broken), the dry run left no trace, the purge one row of counts
+    assert actions[-3:] == ["audit.verify intact rows=4", "audit.verify broken at 2: edited",
+                            "retention.purge plaintext=0 dossiers=0 messages=0 inbound=0 rejected=0 files_removed=0"]
