@@ -305,12 +305,15 @@ async def login(request: web.Request) -> web.StreamResponse:
     name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))
     account = dash.accounts().get(name)
     ok = account is not None and await asyncio.to_thread(verify_password, password, account.password_hash)
-    if not ok:
-        await dash.audit("dashboard.login", "dashboard", "refused", name or "-")
+    if not ok:  # an unknown name is not recorded: it may be a password typed in the wrong field
+        await dash.audit("dashboard.login", "dashboard", "refused", name if account is not None else "(unknown)")
         log.warning("dashboard.login_refused")
         await asyncio.sleep(0.5)  # slows guessing; the scrypt hash costs the rest
         return await login_form(request, "Wrong name or password.", 401)
     token = secrets_mod.token_urlsafe(32)
+    now = time.monotonic()
+    for old in [t for t, x in dash.sessions.items() if x.expires < now]:
+        del dash.sessions[old]
     dash.sessions[token] = Session(account.name, account.role, secrets_mod.token_urlsafe(32),
                                    time.monotonic() + SESSION_IDLE.total_seconds())
     await dash.audit("dashboard.login", "dashboard", "ok", account.name)
@@ -415,17 +418,20 @@ _COLUMNS = ["id", "type", "recipient", "state", "reason", "attempts", "received"
 
 async def search(request: web.Request) -> web.Response:
     q = {k: request.query.get(k, "").strip() for k in ("id", "state", "type", "party")}
-    session = await _viewed(request, "messages?" + urlencode({k: v for k, v in q.items() if v}))
     store = request.app[KEY].store
+    try:
+        states = [State(q["state"])] if q["state"] else None
+    except ValueError:
+        states, q["state"] = None, ""
     if q["id"]:
         record = await store.get(q["id"])
         records = [record] if record else []
     else:
-        try:
-            states = [State(q["state"])] if q["state"] else None
-        except ValueError:
-            states = None
         records = await store.list(states=states, type=q["type"] or None, party=q["party"] or None, limit=200)
+    # free text is audited only when it matched something in the store (else it could be anything,
+    # a name typed in the wrong field included): "(no match)" stands for it
+    shown = {k: (v if records or k == "state" else "(no match)") for k, v in q.items() if v}
+    session = await _viewed(request, "messages?" + urlencode(shown))
     body = _search_form(q) + _table(_COLUMNS, _message_rows(records), "results")
     return _page("Messages", body, session)
 

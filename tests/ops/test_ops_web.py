@@ -212,16 +212,22 @@ async def test_cli_adds_an_account_and_serves_the_dashboard(web_setup, tmp_path)
     from gateway.cli import app
     from mailservers import free_port
 
+    import structlog
+
     config = web_setup / "gateway.toml"
-    result = CliRunner().invoke(app, ["dashboard", "add-account", "-c", str(config), "nina", "--role", "officer",
-                                      "--password-stdin"], input="a-long-enough-password\n")
+    saved = structlog.get_config()  # the command configures logging onto CliRunner's stream, closed after it
+    try:
+        result = CliRunner().invoke(app, ["dashboard", "add-account", "-c", str(config), "nina", "--role",
+                                          "officer", "--password-stdin"], input="a-long-enough-password\n")
+        short = CliRunner().invoke(app, ["dashboard", "add-account", "-c", str(config), "x", "--password-stdin"],
+                                   input="short\n")
+    finally:
+        structlog.configure(**saved)
     assert result.exit_code == 0, result.output
     accounts = web_setup / "secrets" / "dashboard-accounts"
     line = [x for x in accounts.read_text().splitlines() if x.startswith("nina:")][0]
     assert line.startswith("nina:officer:scrypt$") and "a-long-enough-password" not in accounts.read_text()
     assert oct(accounts.stat().st_mode & 0o777) == "0o600"
-    short = CliRunner().invoke(app, ["dashboard", "add-account", "-c", str(config), "x", "--password-stdin"],
-                               input="short\n")
     assert short.exit_code == 1 and "12 characters" in short.output
 
     port = free_port()
@@ -243,3 +249,19 @@ async def test_cli_adds_an_account_and_serves_the_dashboard(web_setup, tmp_path)
         os.kill(proc.pid, signal.SIGTERM)
         out = proc.communicate(timeout=20)[0].decode()
     assert proc.returncode == 0, out
+
+
+async def test_free_text_that_matches_nothing_is_not_audited(web_server, client, web_store, web_config):
+    mid = await new_message(web_store, web_config)
+    await login(client, web_server)
+    await client.get(f"{web_server}/messages", params={"id": "Jansen 1989-04-23"})
+    await client.get(f"{web_server}/messages", params={"party": "gemeente:0599", "state": "received"})
+    await login(client, web_server, "nobody", "123456789-secret")
+    rows = await web_store.audit_rows(20)
+    text = repr(rows)
+    assert "Jansen" not in text and "123456789-secret" not in text and "nobody" not in text
+    objects = [a["object"] for a in rows if a["action"] == "dashboard.view"]
+    assert "messages?id=%28no+match%29" in objects
+    assert "messages?state=received&party=gemeente%3A0599" in objects
+    assert ("dashboard.login", "refused", "(unknown)") in [(a["action"], a["result"], a["actor"]) for a in rows]
+    assert mid
