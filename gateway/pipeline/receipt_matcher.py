@@ -16,6 +16,7 @@ handling and moving) changes nothing the second time.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +33,15 @@ from gateway.store import MessageRecord, StaleState, State, Store
 
 log = structlog.get_logger(__name__)
 
+#: a receipt for a message in one of these states overtook the dispatcher's commit of `sent`
+_NOT_YET_SENT = (State.QUEUED, State.SENDING, State.RETRY_WAIT)
+
+
+def _raced(record: MessageRecord) -> None:
+    """Leave the mail where it is: the mailbox offers it again, when the message is `sent`."""
+    log.info("receipt-early", message_id=record.message_id, state=record.state.value)
+    return None
+
 
 class ReceiptMatcher:
     def __init__(self, *, store: Store, trust: TrustStore, processed_folder: str, unrecognised_folder: str,
@@ -42,8 +52,8 @@ class ReceiptMatcher:
         self.unrecognised = unrecognised_folder
         self._clock = clock
 
-    async def handle(self, mail: FetchedMail) -> str:
-        """The folder the mail goes to, after its effect is committed."""
+    async def handle(self, mail: FetchedMail) -> str | None:
+        """The folder the mail goes to, after its effect is committed (None: not yet, see `_raced`)."""
         try:
             dsn = parse_dsn(mail.data)
         except DsnError as e:
@@ -55,7 +65,10 @@ class ReceiptMatcher:
 
     async def handle_mdn(self, entity: bytes, *, origin: str) -> None:
         """An MDN that arrived another way than by mail (an AS2 asynchronous receipt)."""
-        await self._mdn(FetchedMail(uid=0, data=entity))
+        for _ in range(40):  # one that overtook the commit of `sent` is tried again for a few seconds
+            if await self._mdn(FetchedMail(uid=0, data=entity)) is not None:
+                break
+            await asyncio.sleep(0.25)
         log.info("receipt-received", origin=origin)
 
     # -- delivery status notifications ------------------------------------------------------------
@@ -65,6 +78,8 @@ class ReceiptMatcher:
         if record is None:
             log.warning("dsn-unmatched", uid=mail.uid, envid=dsn.envid)
             return self.unrecognised
+        if record.state in _NOT_YET_SENT:
+            return _raced(record)
         for r in dsn.recipients:
             detail = " ".join(x for x in (r.status, r.diagnostic) if x) or r.action
             await self.store.add_receipt(record.message_id, kind="dsn", verdict=r.action, detail=detail[:500])
@@ -95,6 +110,8 @@ class ReceiptMatcher:
         if record is None:
             log.warning("mdn-unmatched", uid=mail.uid)
             return self.unrecognised
+        if record.state in _NOT_YET_SENT:
+            return _raced(record)
         if receipt.signer is None:
             await self.store.add_receipt(record.message_id, kind="unsigned-mdn", verdict=receipt.disposition,
                                          detail="an unsigned receipt (read receipt of a mail client): proves nothing")
@@ -129,7 +146,12 @@ class ReceiptMatcher:
                 return record
         if mail_message_id:
             bare = mail_message_id.strip().strip("<>").strip()
-            return await self.store.by_mail_message_id(f"<{bare}>")
+            record = await self.store.by_mail_message_id(f"<{bare}>")
+            if record is None and "@" in bare:
+                # the receipt may come before the dispatcher recorded the Message-ID it sent (it is
+                # <message id@own domain>): find the message by the id itself
+                record = await self.store.get(bare.split("@", 1)[0])
+            return record
         return None
 
     async def _move(self, record: MessageRecord, state: State, expect: list[State], reason: str,

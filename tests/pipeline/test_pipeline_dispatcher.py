@@ -227,3 +227,30 @@ async def test_a_route_whose_transport_is_not_running_is_held(store):
         return (await store.get(mid)).state is State.HELD
     await run_until(d, held)
     assert "transport 'email' is not available" in (await store.get(mid)).reason
+
+
+async def test_a_receipt_that_overtakes_the_commit_of_sent_waits_for_it(store, tmp_path):
+    """A DSN can arrive while the dispatcher is still recording `sent`: the matcher leaves the mail in the
+    mailbox (offered again) instead of filing it as unrecognised, and applies it once the message is sent."""
+    from adapters.imap import FetchedMail
+    from gateway.crypto.trust import TrustStore
+    from gateway.crypto.pki import init_dev_pki
+    from gateway.pipeline.receipt_matcher import ReceiptMatcher
+
+    init_dev_pki(tmp_path / "pki")
+    matcher = ReceiptMatcher(store=store, trust=TrustStore.from_bundle(tmp_path / "pki" / "trust.pem"),
+                             processed_folder="done", unrecognised_folder="unknown")
+    mid = await queued(store)
+    await store.claim(owner="w", limit=1, lease=timedelta(minutes=5))  # sending; `sent` not yet committed
+    dsn = (f"From: MAILER-DAEMON@relay\r\nTo: nazorg@pi-vught.example.nl\r\nMessage-ID: <dsn-1@relay>\r\n"
+           f"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n"
+           f"--b\r\nContent-Type: text/plain\r\n\r\ndelivered\r\n"
+           f"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay\r\n"
+           f"Original-Envelope-Id: {mid}\r\n\r\nFinal-Recipient: rfc822; nazorg@gemeente-0599.example.nl\r\n"
+           f"Action: delivered\r\nStatus: 2.0.0\r\n--b--\r\n").encode()
+    mail = FetchedMail(uid=7, data=dsn)
+    assert await matcher.handle(mail) is None
+    assert (await store.get(mid)).state is State.SENDING and await store.receipts(mid) == []
+    await store.transition(mid, State.SENT, reason="relay took it", actor="w", mail_message_id=f"<{mid}@x>")
+    assert await matcher.handle(mail) == "done"
+    assert (await store.get(mid)).state is State.DELIVERED
