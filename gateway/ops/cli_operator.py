@@ -160,15 +160,17 @@ def _status_queries(conn, overdue_before: datetime) -> dict[str, Any]:
     """Aggregates only: never a row per message, whatever the store's size."""
     from sqlalchemy import func, select
 
+    from gateway.store import State
     from gateway.store.schema import messages, pickups
 
     m = messages.c
-    open_states = ("acknowledged", "cancelled")
+    # named, not "NOT IN (final)": the planner then searches the state index for the few open rows
+    open_states = [s.value for s in State if s.value not in ("acknowledged", "cancelled", "rejected")]
     counts = [dict(state=s, type=t, count=n) for s, t, n in
               conn.execute(select(m.state, m.type, func.count()).group_by(m.state, m.type).order_by(m.state, m.type))]
     rejected = conn.execute(select(func.count()).select_from(pickups).where(pickups.c.outcome == "rejected")).scalar()
     oldest = [dict(destination=d, oldest_received_at=at, pending=n) for d, at, n in conn.execute(
-        select(m.recipient, func.min(m.received_at), func.count()).where(m.state.not_in(open_states))
+        select(m.recipient, func.min(m.received_at), func.count()).where(m.state.in_(open_states))
         .group_by(m.recipient).order_by(func.min(m.received_at)))]
     stuck = [dict(state=s, reason=r, count=n) for s, r, n in conn.execute(
         select(m.state, m.reason, func.count()).where(m.state.in_(("held", "failed")))
