@@ -83,7 +83,10 @@ _INSERT_PICKUP_RETURNING = insert(pickups).returning(*_PICKUP_COLS)
 _INSERT_TRANSITION = insert(transitions)
 _INSERT_AUDIT = insert(audit)
 _LAST_AUDIT = select(audit.c.id, audit.c.hash).order_by(audit.c.id.desc()).limit(1).with_for_update()
-_AUDIT_SEQUENCE = text("SELECT seq FROM sqlite_sequence WHERE name = 'audit'")  # AUTOINCREMENT's high-water mark
+# SQLite: the chain's head and AUTOINCREMENT's high-water mark in one statement (one round trip per write)
+_AUDIT_HEAD_SQLITE = text("SELECT (SELECT id FROM audit ORDER BY id DESC LIMIT 1), "
+                          "(SELECT hash FROM audit ORDER BY id DESC LIMIT 1), "
+                          "(SELECT seq FROM sqlite_sequence WHERE name = 'audit')")
 _INSERT_RECEIPT = insert(receipts)
 _INSERT_SEALED = insert(sealed)
 _DELETE_SEALED = delete(sealed).where(sealed.c.message_id == bindparam("_mid"))
@@ -220,10 +223,12 @@ class Store:
         here is still the last when these are inserted; ids are given, not left to AUTOINCREMENT,
         because each one is part of its row's hash.
         """
-        last = conn.execute(_LAST_AUDIT).first()
-        next_id, prev = (1, GENESIS) if last is None else (last.id + 1, last.hash)
-        if conn.dialect.name == "sqlite":  # past any deleted tail: its gap then shows in the chain
-            next_id = max(next_id, (conn.execute(_AUDIT_SEQUENCE).scalar() or 0) + 1)
+        if conn.dialect.name == "sqlite":  # ids go past any deleted tail: its gap then shows in the chain
+            last_id, last_hash, seq = conn.execute(_AUDIT_HEAD_SQLITE).one()
+            next_id, prev = max(last_id or 0, seq or 0) + 1, last_hash or GENESIS
+        else:
+            last = conn.execute(_LAST_AUDIT).first()
+            next_id, prev = (1, GENESIS) if last is None else (last.id + 1, last.hash)
         chained = []
         for row in rows:
             h = row_hash(prev, next_id, row["at"], row["action"], row["object"], row["result"], row["origin"],
