@@ -235,13 +235,15 @@ async def test_cli_adds_an_account_and_serves_the_dashboard(web_setup, tmp_path)
                              "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
-            for _ in range(200):
+            r = None
+            for _ in range(1200):  # up to a minute: the interpreter's start is slow on a loaded machine
                 try:
                     r = await s.get(f"http://127.0.0.1:{port}/readyz")
                     break
                 except aiohttp.ClientConnectionError:
+                    assert proc.poll() is None, proc.communicate()[0].decode()
                     await asyncio.sleep(0.05)
-            assert r.status == 200
+            assert r is not None and r.status == 200
             await login(s, f"http://127.0.0.1:{port}", "nina", "a-long-enough-password")
             page = await (await s.get(f"http://127.0.0.1:{port}/routes")).text()
             assert "Routes and certificates" in page and "nina (officer)" in page
