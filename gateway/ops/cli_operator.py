@@ -376,7 +376,7 @@ def _act(cfg, *, verb: str, ids: list[str] | None, states: tuple[str, ...], type
             if not await asyncio.to_thread(typer.confirm, prompt, err=True):
                 return [], chosen, unknown
         results = []
-        for r in chosen:
+        for r in _progress(chosen, f"{verb} messages", show=not as_json):
             results.append(await apply(store, r))
         return results, chosen, unknown
 
@@ -393,6 +393,15 @@ def _act(cfg, *, verb: str, ids: list[str] | None, states: tuple[str, ...], type
         for r in results:
             typer.echo(f"{r['message_id']}: {r['detail']}")
     raise typer.Exit(EXIT_OK if all(r["ok"] for r in results) else EXIT_INVALID)
+
+
+def _progress(items: list[Any], what: str, *, show: bool) -> Iterable[Any]:
+    """A progress bar on stderr for long runs, on a terminal only (never in a script's output)."""
+    if not show or len(items) < 20 or not sys.stderr.isatty():
+        return items
+    from rich.progress import track
+
+    return track(items, description=what, console=Console(stderr=True), transient=True)
 
 
 async def _retry_one(store, record) -> dict[str, Any]:
