@@ -1,15 +1,30 @@
-"""What every benchmark here shares: a rate measured for a fixed time, and the machine it ran on."""
+"""What every benchmark here shares: a rate measured for a fixed time, the machine it ran on, the bare
+open baseline, and the gateway daemon run as its own process."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, utils
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from gateway.crypto import smime
+from gateway.crypto.identity import Identity
+from gateway.crypto.profiles import COMPATIBLE, EncryptionProfile
+from gateway.crypto.seal import seal
 
 
 def rate(fn: Callable[[], object], seconds: float, per_call: int = 1) -> float:
@@ -48,3 +63,134 @@ def write_result(root: Path, name: str, result: dict) -> Path:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written: {out.relative_to(root)}")
     return out
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The value at rank p% (nearest rank) of `values`."""
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+@dataclass(frozen=True)
+class BareOpen:
+    """The least one opened message costs: `run()` does it once (see `bare_open`)."""
+
+    run: Callable[[], None]
+    name: str  #: what `run` does, for the results
+    ciphertext_bytes: int
+    entity_bytes: int  #: the sealed entity a real message of this size and profile has
+
+
+def bare_open(sender: Identity, recipient: Identity, xml: bytes, profile: EncryptionProfile) -> BareOpen:
+    """The baseline of bench/crypto_open.py for `xml` sealed under `profile`, keys and inputs made here.
+
+    One RSA-2048 private-key decryption of a 32-byte key (PKCS#1 v1.5 for compatible, OAEP-SHA-256 for
+    strong), AES-256-CBC resp. -GCM decryption of a ciphertext as large as the signed entity, one RSA
+    PKCS#1 v1.5 verification of a SHA-256 digest, and SHA-256 over the signed content part."""
+    cek, iv, nonce = os.urandom(32), os.urandom(16), os.urandom(12)
+    key, pub_me, pub_sender = recipient.key, recipient.cert.public_key(), sender.cert.public_key()
+    part = smime.content_part(xml)  # the signed content part, as seal() makes it
+    h = hashes.Hash(hashes.SHA256())
+    h.update(part)
+    digest = h.finalize()
+    signature = sender.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    sealed = seal(xml, sender, recipient.cert, profile)
+    gcm = profile.content_cipher.authenticated
+    kt_pad = (padding.PKCS1v15() if profile is COMPATIBLE else
+              padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+    wrapped = pub_me.encrypt(cek, kt_pad)
+    plain = sealed.signed_entity  # what the envelope encrypts
+    if gcm:
+        ciphertext = AESGCM(cek).encrypt(nonce, plain, None)
+    else:
+        pad = 16 - len(plain) % 16
+        e = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+        ciphertext = e.update(plain + bytes((pad,)) * pad) + e.finalize()
+
+    def run() -> None:
+        k = key.decrypt(wrapped, kt_pad)
+        if gcm:
+            AESGCM(k).decrypt(nonce, ciphertext, None)
+        else:
+            d = Cipher(algorithms.AES(k), modes.CBC(iv)).decryptor()
+            d.update(ciphertext)
+            d.finalize()
+        pub_sender.verify(signature, digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        s = hashes.Hash(hashes.SHA256())
+        s.update(part)
+        s.finalize()
+
+    name = ("RSA-2048 " + ("OAEP-SHA256" if gcm else "PKCS#1 v1.5") + " decrypt + AES-256-"
+            + ("GCM" if gcm else "CBC") + " decrypt + RSA-2048 verify + SHA-256")
+    return BareOpen(run, name, len(ciphertext), len(sealed.entity))
+
+
+class Daemon:
+    """`python -m gateway run -c CONFIG` as its own process (own session, so its workers can be counted)."""
+
+    def __init__(self, config: Path, log: Path):
+        self.config, self.log = config, log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 60) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
+                                         stdout=out, stderr=out, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while b'"event": "started"' not in self.log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"the daemon did not start: see {self.log}")
+            time.sleep(0.05)
+
+    def _session(self) -> list[Path]:
+        """/proc entries of the daemon's session: the daemon and its validation workers."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == self.pid:  # session id
+                found.append(entry)
+        return found
+
+    def peak_rss_mb(self, whole_session: bool = False) -> float:
+        """VmHWM of the daemon (MB); `whole_session`: the sum of every session process's VmHWM."""
+        total = 0.0
+        for entry in self._session() if whole_session else [Path(f"/proc/{self.pid}")]:
+            try:
+                lines = (entry / "status").read_text().splitlines()
+            except OSError:
+                continue
+            total += next((int(ln.split()[1]) / 1024 for ln in lines if ln.startswith("VmHWM:")), 0.0)
+        return total
+
+    def cpu_seconds(self, whole_session: bool = True) -> float:
+        """User + system CPU of the daemon and its validation workers (its whole session), or of the
+        daemon process alone (all its threads)."""
+        total = 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        for entry in self._session() if whole_session else [Path(f"/proc/{self.pid}")]:
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)

@@ -52,14 +52,9 @@ sys.path.insert(0, str(ROOT))
 
 import asn1crypto  # noqa: E402
 import cryptography  # noqa: E402
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import padding, utils  # noqa: E402
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: E402
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
-from bench.common import machine, print_figures, rate, write_result  # noqa: E402
+from bench.common import bare_open, machine, print_figures, rate, write_result  # noqa: E402
 from bench.crypto_seal import xml_of_size  # noqa: E402
-from gateway.crypto import smime  # noqa: E402
 from gateway.crypto.identity import load_pem_identity  # noqa: E402
 from gateway.crypto.open import open_sealed  # noqa: E402
 from gateway.crypto.pki import init_dev_pki  # noqa: E402
@@ -86,46 +81,15 @@ def main() -> int:
         me = load_pem_identity(parties["0599"] / "key.pem", parties["0599"] / "chain.pem")
         trust = TrustStore.load(folder / "ca" / "root.pem", folder / "ca" / "issuing.pem",
                                 [folder / "ca" / "issuing.crl.pem"])
-    key, pub_me, pub_sender = me.key, me.cert.public_key(), sender.cert.public_key()
-    cek, iv, nonce = os.urandom(32), os.urandom(16), os.urandom(12)
 
     figures = []
     for size in SIZES:
         xml = xml_of_size(size)
-        part = smime.content_part(xml)  # the signed content part, as seal() makes it
-        digest = hashes.Hash(hashes.SHA256())
-        digest.update(part)
-        digest = digest.finalize()
-        signature = sender.key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
         for profile in (COMPATIBLE, STRONG):
             start = datetime.now(timezone.utc)
             pool = [seal(xml, sender, me.cert, profile, signing_time=start - timedelta(seconds=i)).entity
                     for i in range(args.pool)]
-            sealed = seal(xml, sender, me.cert, profile)
-            gcm = profile.content_cipher.authenticated
-            kt_pad = (padding.PKCS1v15() if profile is COMPATIBLE else
-                      padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
-            wrapped = pub_me.encrypt(cek, kt_pad)
-            plain = sealed.signed_entity  # what the envelope encrypts
-            if gcm:
-                ciphertext = AESGCM(cek).encrypt(nonce, plain, None)
-            else:
-                pad = 16 - len(plain) % 16
-                e = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
-                ciphertext = e.update(plain + bytes((pad,)) * pad) + e.finalize()
-
-            def bare(kt_pad=kt_pad, wrapped=wrapped, ciphertext=ciphertext, gcm=gcm, part=part) -> None:
-                k = key.decrypt(wrapped, kt_pad)
-                if gcm:
-                    AESGCM(k).decrypt(nonce, ciphertext, None)
-                else:
-                    d = Cipher(algorithms.AES(k), modes.CBC(iv)).decryptor()
-                    d.update(ciphertext)
-                    d.finalize()
-                pub_sender.verify(signature, digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
-                h = hashes.Hash(hashes.SHA256())
-                h.update(part)
-                h.finalize()
+            bare = bare_open(sender, me, xml, profile)
 
             def ours(messages=cycle(pool)) -> None:
                 open_sealed(next(messages), me, trust)
@@ -135,19 +99,17 @@ def main() -> int:
                 assert opened.xml == xml and opened.signer == sender.cert, "open_sealed did not return the XML"
             ours_rates, bare_rates = [], []
             for _ in range(args.rounds):
-                bare_rates.append(rate(bare, args.seconds))
+                bare_rates.append(rate(bare.run, args.seconds))
                 ours_rates.append(rate(ours, args.seconds))
             o, b = statistics.median(ours_rates), statistics.median(bare_rates)
             per_round = sorted(x / y for x, y in zip(ours_rates, bare_rates))
             figures.append({"name": f"open {profile.name} {size // 1000} KB", "unit": "msg/s", "value": round(o),
-                            "baseline_name": ("RSA-2048 " + ("OAEP-SHA256" if gcm else "PKCS#1 v1.5")
-                                              + " decrypt + AES-256-" + ("GCM" if gcm else "CBC")
-                                              + " decrypt + RSA-2048 verify + SHA-256"),
+                            "baseline_name": bare.name,
                             "baseline": round(b), "ratio": round(o / b, 3), "goal": GOAL,
                             "ratio_per_round_min": round(per_round[0], 3),
                             "ratio_per_round_max": round(per_round[-1], 3),
                             "per_message_us": round(1e6 / o, 1), "baseline_per_message_us": round(1e6 / b, 1),
-                            "entity_bytes": len(sealed.entity), "ciphertext_bytes": len(ciphertext)})
+                            "entity_bytes": bare.entity_bytes, "ciphertext_bytes": bare.ciphertext_bytes})
 
     result = {
         "benchmark": "crypto_open",
