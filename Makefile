@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) bench/crypto_seal.py
 	$(PY) bench/crypto_open.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/intake.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -21,7 +21,6 @@ import asyncio
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]
 
-from common import machine, write_result  # noqa: E402
+from common import Daemon, machine, percentile, write_result  # noqa: E402
 from dropped import OWN_EXAMPLES, example, with_new_id  # noqa: E402
 from e2e_gateway import drop, make_setup  # noqa: E402
 from mailservers import MailServers  # noqa: E402
@@ -43,56 +42,6 @@ from gateway.store import State, Store  # noqa: E402
 
 RATIO_GOAL = 0.5
 P99_GOAL_MS = 250
-
-
-def percentile(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
-class Daemon:
-    def __init__(self, config: Path, log: Path):
-        self.config, self.log = config, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(self.config)],
-                                         stdout=out, stderr=out, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while b'"event": "started"' not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the daemon did not start: see {self.log}")
-            time.sleep(0.05)
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU of the daemon and its validation workers (its whole session)."""
-        total = 0.0
-        tick = os.sysconf("SC_CLK_TCK")
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == self.proc.pid:  # session id
-                total += (int(fields[11]) + int(fields[12])) / tick
-        return total
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def messages(n: int) -> list[tuple[str, bytes]]:
