@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable
 from typing import NamedTuple
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
