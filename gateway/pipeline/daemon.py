@@ -110,6 +110,9 @@ class Gateway:
                             rejected=cfg.folders.rejected, own_party=str(cfg.party.party),
                             max_bytes=cfg.limits.max_message_bytes, stable_after=cfg.limits.stable_after,
                             rescan_interval=cfg.limits.rescan_interval, accepted=self.sealer.submit)
+            # finish what a crash left between committing a pick-up and moving its file BEFORE the sealer
+            # looks for the spooled copies of `received` messages (else it would hold them as missing)
+            await pickup.reconcile()
             services = [pickup.run(self.stop), self.sealer.run(self.stop), self.dispatcher.run(self.stop),
                         OverdueWatch(store, cfg.limits.receipt_overdue, clock=self.clock).run(self.stop)]
             matcher = ReceiptMatcher(store=store, trust=secrets.trust,

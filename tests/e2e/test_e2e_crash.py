@@ -81,3 +81,28 @@ async def test_random_kills_lose_nothing_and_never_change_a_message_id(tmp_path,
         assert {code for code, _ in got} == {recipient.split(":")[1]}
         assert {m for _, m in got} == {f"<{mid}@pi-vught.example.nl>"} == {records[mid].mail_message_id}
     assert set(copies) <= set(dropped)
+
+
+async def test_a_crash_between_commit_and_move_is_finished_before_sealing(tmp_path, shared_mail_servers, mail_users):
+    """The store holds the pick-up (`received`), the file is still in the outbox (the process died before the
+    rename): at start the file is moved into the spool first, so the sealer finds it — never held as missing."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    from e2e_gateway import running
+    from gateway.store import NewMessage
+
+    cfg = open_config(make_setup(tmp_path / "gw", shared_mail_servers, mail_users))
+    data, mid = with_new_id(example("05-ontslagbericht.xml"))
+    drop(cfg.folders.outbox, "crash.xml", data)
+    store = await Store.open(cfg.store.url)
+    await store.accept(NewMessage(message_id=mid, type="ontslagbericht", version="1.0", sender="pi:PI-VUGHT",
+                                  recipient="gemeente:0344", dossier="x", replies_to=None, supersedes=None, priority=20,
+                                  created_at=datetime.now(timezone.utc), file_name="crash.xml", size=len(data),
+                                  sha256=hashlib.sha256(data).hexdigest(),
+                                  spool_path=str(cfg.folders.spool / f"{mid}.xml")))
+    await store.close()
+    async with running(cfg) as gateway:
+        await wait_for_states(gateway.store, [mid], [State.SENT, State.DELIVERED], timeout=60)
+        assert State.HELD not in [t.to_state for t in await gateway.store.timeline(mid)]
+    assert not (cfg.folders.outbox / "crash.xml").exists()
