@@ -595,9 +595,24 @@ def _sent_rows(conn, start: datetime, end: datetime):
                                m.acknowledged_at).where(m.sent_at >= start, m.sent_at < end)).all()
 
 
+def _purged_rows(conn, first_month: str, last_month: str):
+    from sqlalchemy import select
+
+    from gateway.store.schema import monthly_figures
+
+    f = monthly_figures.c
+    return conn.execute(select(f.month, f.type, f.sender, f.recipient, f.sent, f.acknowledged, f.on_time)
+                        .where(f.direction == "out", f.month >= first_month, f.month <= last_month)).all()
+
+
 async def mi_figures(store, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """Messages sent in [start, end): counts per month (Amsterdam), PI, municipality and type; aggregates only."""
+    """Messages sent in [start, end): counts per month (Amsterdam), PI, municipality and type; aggregates only.
+
+    Months the retention purge has emptied come from its `monthly_figures` (their month is the UTC month
+    the messages were received in; whether they were on time is unknown unless the purge judged it)."""
     rows = await store.read_query(_sent_rows, start, end)
+    purged = await store.read_query(_purged_rows, start.strftime("%Y-%m"),
+                                    (end - timedelta(microseconds=1)).strftime("%Y-%m"))
     chains = {d.dossier: d for d in await load_dossiers(store, local_date(_now()), {r.dossier for r in rows})}
     figures: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for r in rows:
@@ -615,6 +630,17 @@ async def mi_figures(store, start: datetime, end: datetime) -> list[dict[str, An
             f["on_time"] += 1
         else:
             f["late"] += 1
+    for p in purged:
+        if not p.sent:
+            continue
+        pi = p.sender if p.sender.startswith("pi:") else p.recipient
+        town = p.recipient if pi == p.sender else p.sender
+        key = (p.month, pi, town, p.type)
+        f = figures.setdefault(key, dict(zip(MI_COLUMNS, key)) | dict.fromkeys(MI_COLUMNS[4:], 0))
+        f["sent"] += p.sent
+        f["receipted"] += p.acknowledged
+        f["on_time"] += p.on_time or 0
+        f["deadline_unknown"] += p.sent - (p.on_time or 0)
     return [figures[k] for k in sorted(figures)]
 
 

@@ -77,3 +77,22 @@ async def test_report_mi_counts_sent_on_time_receipted_per_month_pi_municipality
         assert LATE_DOSSIER not in output and QUIET_DOSSIER not in output and "999998225" not in output
     backwards = await run_cli("report", "mi", "-c", config, "--from", "2025-10-31", "--to", "2025-10-01")
     assert backwards.returncode == 2
+
+
+async def test_mi_report_keeps_the_months_the_retention_purge_emptied(ops_store):
+    """After a purge a month's messages are gone; its counts live on in monthly_figures and in the report."""
+    from sqlalchemy import insert
+
+    from gateway.ops.cli_operator import mi_figures
+    from gateway.store.schema import monthly_figures
+
+    def add(conn):
+        conn.execute(insert(monthly_figures).values(month="2020-03", direction="out", type="meldingsbericht",
+                                                    sender="pi:PI-VUGHT", recipient="gemeente:0599", messages=7,
+                                                    sent=7, acknowledged=6, on_time=None))
+    await ops_store.run_write(add)
+    rows = await mi_figures(ops_store, datetime(2020, 1, 1, tzinfo=timezone.utc),
+                            datetime(2020, 12, 31, tzinfo=timezone.utc))
+    assert rows == [{"month": "2020-03", "pi": "pi:PI-VUGHT", "municipality": "gemeente:0599",
+                     "type": "meldingsbericht", "sent": 7, "on_time": 0, "late": 0, "deadline_unknown": 7,
+                     "receipted": 6}]
