@@ -155,13 +155,22 @@ class Dispatcher:
 
     async def _retry_or_fail(self, record: MessageRecord, reason: str, reply: str | None, log_) -> None:
         now = self._clock()
-        if now - record.received_at >= self.retry.give_up_after:
+        if now - record.received_at >= self.retry.give_up_after and \
+                now - await self._retrying_since(record) >= self.retry.give_up_after:
             await self._settle(record, State.FAILED, f"gave up after {record.attempts} attempts over "
                                                      f"{_days(now - record.received_at)}: {reason}", log_, reply)
             return
         delay = self.retry.delay(record.attempts, self._rng)
         await self._settle(record, State.RETRY_WAIT, f"temporary failure, next attempt in {_span(delay)}: {reason}",
                            log_, reply, next_attempt_at=now + delay)
+
+    async def _retrying_since(self, record: MessageRecord) -> datetime:
+        """When this round of retries began: arrival, or the last time a person sent it again (a retry
+        after `failed` gets the whole retry period anew)."""
+        for t in reversed(await self.store.timeline(record.message_id)):
+            if t.to_state is State.QUEUED and t.from_state is State.FAILED:
+                return t.at
+        return record.received_at
 
     async def _settle(self, record: MessageRecord, state: State, reason: str, log_, reply: str | None = None,
                       **fields) -> None:

@@ -254,3 +254,28 @@ async def test_a_receipt_that_overtakes_the_commit_of_sent_waits_for_it(store, t
     await store.transition(mid, State.SENT, reason="relay took it", actor="w", mail_message_id=f"<{mid}@x>")
     assert await matcher.handle(mail) == "done"
     assert (await store.get(mid)).state is State.DELIVERED
+
+
+
+async def test_a_retry_by_hand_gets_the_whole_retry_period_anew(store, tmp_path):
+    """Failed after days of retries, sent again by an operator: a temporary failure now waits and retries,
+    it does not fail at once because the message arrived long ago."""
+    mid = await queued(store)
+    t = ScriptedTransport()
+    t.script[mid] = [Temporary("connection refused"), Temporary("connection refused")]
+    later = lambda: datetime.now(timezone.utc) + timedelta(days=6)  # noqa: E731
+
+    async def state_is(state):
+        async def check():
+            return (await store.get(mid)).state is state
+        return check
+    await run_until(dispatcher(store, t, clock=later), await state_is(State.FAILED))
+    # six days on, the operator sends it again (the store's clock is then six days on as well)
+    operator = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}", clock=later)
+    try:
+        await operator.transition(mid, State.QUEUED, reason="retry by operator", actor="operator:test",
+                                  next_attempt_at=datetime.now(timezone.utc))  # due for the real-time claim
+    finally:
+        await operator.close()
+    await run_until(dispatcher(store, t, clock=later), await state_is(State.RETRY_WAIT))
+    assert "next attempt" in (await store.get(mid)).reason
