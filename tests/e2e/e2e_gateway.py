@@ -13,11 +13,12 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig
 from gateway.crypto.identity import Identity, load_pem_identity
 from gateway.pipeline.daemon import Gateway
 from gateway.setup_local import init_local
 from gateway.store import State, Store
+from local_setup import loaded
 from mailservers import MailServers
 
 FAST = {
@@ -121,7 +122,4 @@ class DaemonProcess:
 
 
 def open_config(path: Path) -> GatewayConfig:
-    cfg = load_config(path)
-    cfg.folders.create()
-    cfg.store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    return cfg
+    return loaded(path)

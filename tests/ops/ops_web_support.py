@@ -5,7 +5,6 @@ the dashboard served on a loopback port."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from gateway.ops.web import make_dashboard
 from gateway.ops.web_accounts import add_account
 from gateway.setup_local import init_local
 from gateway.store import NewMessage, State, Store
+from local_setup import copy_of, loaded, opened_store
 
 PASSWORDS = {"olga": "operator-password-1", "otto": "officer-password-12"}
 
@@ -35,16 +35,12 @@ def web_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def web_setup(web_template, tmp_path) -> Path:
-    target = tmp_path / "gw"
-    shutil.copytree(web_template, target, symlinks=True)
-    return target
+    return copy_of(web_template, tmp_path)
 
 
 @pytest.fixture
 def web_config(web_setup):
-    cfg = load_config(web_setup / "gateway.toml")
-    cfg.folders.create()
-    return cfg
+    return loaded(web_setup / "gateway.toml")
 
 
 @pytest.fixture
@@ -54,10 +50,8 @@ def web_secrets(web_config):
 
 @pytest.fixture
 async def web_store(web_config):
-    web_config.store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    s = await Store.open(web_config.store.url)
-    yield s
-    await s.close()
+    async with opened_store(web_config) as s:
+        yield s
 
 
 @pytest.fixture

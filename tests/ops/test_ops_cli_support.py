@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta
@@ -21,7 +20,8 @@ from gateway.pipeline.pickup import Pickup
 from gateway.pipeline.sealer import Sealer
 from gateway.pipeline.validation import ValidationPool
 from gateway.setup_local import init_local
-from gateway.store import State, Store
+from gateway.store import State
+from local_setup import copy_of, loaded, opened_store
 
 
 @pytest.fixture(scope="session")
@@ -33,24 +33,18 @@ def ops_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ops_setup(ops_template, tmp_path) -> Path:
-    target = tmp_path / "gw"
-    shutil.copytree(ops_template, target, symlinks=True)
-    return target
+    return copy_of(ops_template, tmp_path)
 
 
 @pytest.fixture
 def ops_config(ops_setup):
-    cfg = load_config(ops_setup / "gateway.toml")
-    cfg.folders.create()
-    return cfg
+    return loaded(ops_setup / "gateway.toml")
 
 
 @pytest.fixture
 async def ops_store(ops_config):
-    ops_config.store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    s = await Store.open(ops_config.store.url)
-    yield s
-    await s.close()
+    async with opened_store(ops_config) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import pytest
 from gateway.config import load_config
 from gateway.pipeline.validation import ValidationPool
 from gateway.setup_local import init_local
-from gateway.store import Store
+from local_setup import copy_of, loaded, opened_store
 
 
 @pytest.fixture(scope="session")
@@ -22,18 +22,12 @@ def setup_template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def setup(setup_template, tmp_path) -> Path:
-    import shutil
-
-    target = tmp_path / "gw"
-    shutil.copytree(setup_template, target, symlinks=True)
-    return target
+    return copy_of(setup_template, tmp_path)
 
 
 @pytest.fixture
 def config(setup):
-    cfg = load_config(setup / "gateway.toml")
-    cfg.folders.create()
-    return cfg
+    return loaded(setup / "gateway.toml")
 
 
 @pytest.fixture
@@ -43,10 +37,8 @@ def secrets(config):
 
 @pytest.fixture
 async def store(config):
-    config.store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-    s = await Store.open(config.store.url)
-    yield s
-    await s.close()
+    async with opened_store(config) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
