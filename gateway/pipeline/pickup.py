@@ -154,11 +154,23 @@ class Pickup:
         if asyncio.iscoroutine(result):
             await result
 
+    async def _unfinished_refusal(self, name: str, sha256: str) -> str | None:
+        """The rejected/ name of an earlier refusal of this very file that a crash stopped before the
+        move (the file is back in our hands): finishing it keeps one report, not a second `NAME.1`."""
+        earlier = await self.store.last_refusal(sha256, name)
+        if earlier is None or not earlier.spool_path:
+            return None
+        target = Path(earlier.spool_path)
+        reported = target.with_name(f"{target.name}.error.json").exists()
+        return target.name if target.parent == self.rejected and reported and not target.exists() else None
+
     async def _reject(self, name: str, size: int, sha256: str, verdict: dict, code: str) -> None:
-        target = outbox_fs.free_name(self.rejected, name)
-        await self.store.record_rejection(file_name=name, size=size, sha256=sha256,
-                                          declared_id=verdict.get("message_id"), declared_type=verdict.get("type"),
-                                          reason=code, rejected_path=str(self.rejected / target))
+        if (target := await self._unfinished_refusal(name, sha256)) is None:
+            target = outbox_fs.free_name(self.rejected, name)
+            await self.store.record_rejection(file_name=name, size=size, sha256=sha256,
+                                              declared_id=verdict.get("message_id"),
+                                              declared_type=verdict.get("type"), reason=code,
+                                              rejected_path=str(self.rejected / target))
         await asyncio.to_thread(self._file_away, name, target, dict(verdict, sha256=sha256))
         # the file's name is the producer's choice and may hold personal data: the log names its hash
         log.warning("rejected", sha256=sha256[:16], folder="rejected", declared_id=verdict.get("message_id"),
@@ -167,9 +179,11 @@ class Pickup:
 
     async def _duplicate(self, name: str, size: int, sha256: str, kind: str, message_id: str | None,
                          reason: str) -> None:
-        target = outbox_fs.free_name(self.rejected, name)
-        await self.store.record_duplicate(file_name=name, size=size, sha256=sha256, kind=kind,
-                                          message_id=message_id, reason=reason)
+        if (target := await self._unfinished_refusal(name, sha256)) is None:
+            target = outbox_fs.free_name(self.rejected, name)
+            await self.store.record_duplicate(file_name=name, size=size, sha256=sha256, kind=kind,
+                                              message_id=message_id, reason=reason,
+                                              rejected_path=str(self.rejected / target))
         verdict = {"file": name, "valid": False, "message_id": message_id, "duplicate": kind,
                    "problems": [{"code": f"duplicate-{kind}", "message": reason, "line": None, "path": "",
                                  "value": None}]}

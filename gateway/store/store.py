@@ -256,6 +256,11 @@ class Store:
         """The accepted pickup of this file if there is one, else its most recent pickup of any outcome."""
         return await self._run.read(_find_pickup_tx, sha256)
 
+    async def last_refusal(self, sha256: str, file_name: str) -> Pickup | None:
+        """The most recent rejection or duplicate report of this file under this name (a crash may have
+        stopped filing it away: the pick-up then finishes that refusal instead of making a second one)."""
+        return await self._run.read(_last_refusal_tx, sha256, file_name)
+
     @staticmethod
     def _accepted_pickup(conn: Connection, query: Select[Any], **params: str) -> Pickup | None:
         row = conn.execute(query, params).first()
@@ -308,13 +313,13 @@ class Store:
             "pickup.reject", declared_id or f"sha256:{sha256}", "rejected", actor)
 
     async def record_duplicate(self, *, file_name: str, size: int, sha256: str, kind: str, message_id: str,
-                               reason: str, actor: str = "pickup") -> Pickup:
+                               reason: str, rejected_path: str | None = None, actor: str = "pickup") -> Pickup:
         """The report of a second drop of a known file or id (with its audit row: do not also call ``audit``)."""
         if kind not in ("same-file", "same-id"):
             raise ValueError(f"duplicate kind must be same-file or same-id, not {kind!r}")
         return await self._record_pickup(
             dict(file_name=file_name, size=size, sha256=sha256, outcome="duplicate", kind=kind,
-                 message_id=message_id, reason=reason),
+                 message_id=message_id, reason=reason, spool_path=rejected_path),
             "pickup.duplicate", message_id, f"duplicate ({kind})", actor)
 
     async def _record_pickup(self, values: dict[str, Any], action: str, obj: str, result: str, actor: str) -> Pickup:
@@ -740,6 +745,13 @@ class Store:
 def _find_pickup_tx(conn: Connection, sha256: str) -> Pickup | None:
     row = conn.execute(select(*_PICKUP_COLS).where(pickups.c.sha256 == sha256)
                        .order_by((pickups.c.outcome == "accepted").desc(), pickups.c.id.desc()).limit(1)).first()
+    return None if row is None else Pickup(*row)
+
+
+def _last_refusal_tx(conn: Connection, sha256: str, file_name: str) -> Pickup | None:
+    row = conn.execute(select(*_PICKUP_COLS).where(pickups.c.sha256 == sha256, pickups.c.file_name == file_name,
+                                                   pickups.c.outcome.in_(("rejected", "duplicate")))
+                       .order_by(pickups.c.id.desc()).limit(1)).first()
     return None if row is None else Pickup(*row)
 
 

@@ -146,6 +146,39 @@ async def test_crash_between_commit_and_move_is_reconciled(config, store, pickup
     assert await pickup.scan() == 0 and taken == []
 
 
+@pytest.mark.parametrize("second_drop", [False, True], ids=["crashed-filing", "refiled-after-success"])
+async def test_a_refusal_cut_short_by_a_crash_is_finished_not_repeated(config, store, pickup, taken, monkeypatch,
+                                                                       second_drop):
+    """The daemon died after writing a refusal's reports but before moving the file: the next scan
+    files that same refusal (one report, one audit row). A file refused in full and dropped again is a
+    new refusal beside the first (`NAME.1`)."""
+    source = (EXAMPLES / "invalid" / "aanmaaktijdstip-zonder-tijdzone.xml").read_bytes()
+    drop(config, "broken.xml", source)
+    if second_drop:
+        await pickup.scan()
+        drop(config, "broken.xml", source)
+    else:
+        from adapters import outbox_fs
+
+        class Died(Exception):
+            """stands for the process dying here"""
+
+        def killed(src, dst):
+            raise Died
+
+        monkeypatch.setattr(outbox_fs, "move", killed)
+        with pytest.raises(Died):
+            await pickup.scan()
+        monkeypatch.undo()
+        assert outbox_files(config) == ["broken.xml"]
+    await pickup.scan()
+    rejected = sorted(p.name for p in config.folders.rejected.iterdir())
+    names = ["broken.xml", "broken.xml.1"] if second_drop else ["broken.xml"]
+    assert rejected == sorted(n + suffix for n in names for suffix in ("", ".error.json", ".error.txt"))
+    assert outbox_files(config) == [] and taken == []
+    assert (await store.counts())[State.REJECTED] == len(names)
+
+
 async def test_ended_municipality_is_accepted_for_routing_to_hold(config, store, pickup, taken):
     """0003 (Appingedam) ended on 2021-01-01 (now Eemsdelta, 1979): not a validation error in the
     daemon — routing holds it with the successor (test_pipeline_sealer)."""
