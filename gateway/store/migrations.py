@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import (CheckConstraint, Column, Connection, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+from sqlalchemy import (CheckConstraint, Column, Connection, Date, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
                         Table, Text, bindparam, func, insert, inspect, select, update)
 
 from .chain import GENESIS, row_hash
@@ -274,10 +274,42 @@ def _store_chained(conn: Connection, table: Table, rows: list[dict[str, object]]
                      [{"_id": r["id"], "_prev": r["prev_hash"], "_hash": r["hash"]} for r in rows])
 
 
+def _v4_facts_subjects(conn: Connection) -> None:
+    """Deadline facts and the subject index (new tables), and two indexes for status at scale."""
+    md = MetaData()
+    Table(
+        "deadline_facts", md,
+        Column("direction", String, primary_key=True),
+        Column("message_id", String, primary_key=True),
+        Column("start", Date),
+        Column("status", String),
+        Column("expected_release", Date),
+        Column("verdict", Date),
+        Column("release_day", Date),
+        CheckConstraint("direction IN ('outbound', 'inbound')", name="ck_deadline_facts_direction"),
+    )
+    Table(
+        "subject_index", md,
+        Column("id", Integer, primary_key=True),
+        Column("subject", String, nullable=False),
+        Column("direction", String, nullable=False),
+        Column("message_id", String, nullable=False),
+        Column("recorded_at", UTCDateTime, nullable=False),
+        Column("erased_at", UTCDateTime),
+        Index("ix_subject_index_subject", "subject"),
+        Index("ix_subject_index_message", "message_id"),
+        CheckConstraint("direction IN ('outbound', 'inbound')", name="ck_subject_index_direction"),
+    )
+    md.create_all(conn)
+    conn.exec_driver_sql("CREATE INDEX ix_messages_state_type ON messages (state, type)")
+    conn.exec_driver_sql("CREATE INDEX ix_messages_recipient_sent ON messages (recipient, sent_at)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
     Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
     Migration(3, "audit hash chain, audit_checkpoints, monthly_figures", _v3_audit_chain),
+    Migration(4, "deadline facts, subject index, status indexes", _v4_facts_subjects),
 )
 
 

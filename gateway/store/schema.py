@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (CheckConstraint, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+from sqlalchemy import (CheckConstraint, Column, Date, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
                         Table, Text, TypeDecorator)
 from sqlalchemy.engine import Dialect
 
@@ -225,6 +225,40 @@ inbound = Table(
     Index("ix_inbound_transport_id", "transport", "transport_message_id"),
     Index("ix_inbound_received_at", "received_at"),
     CheckConstraint("outcome IN ('accepted', 'refused')", name="ck_inbound_outcome"),
+)
+
+# Status and the MI report at a million rows: counts per state and type, and per route the last delivery.
+Index("ix_messages_state_type", messages.c.state, messages.c.type)
+Index("ix_messages_recipient_sent", messages.c.recipient, messages.c.sent_at)
+
+# The dates a message states about the detention, kept at pick-up (outbound) and intake (inbound): the
+# chain's due dates need them after the plaintext copy is gone. Dates only, keyed by the message id.
+deadline_facts = Table(
+    "deadline_facts", metadata,
+    Column("direction", String, primary_key=True),  # outbound | inbound
+    Column("message_id", String, primary_key=True),
+    Column("start", Date),  # aanvangDetentie
+    Column("status", String),  # preventiefGehecht | veroordeeld
+    Column("expected_release", Date),  # einddatumDetentie
+    Column("verdict", Date),  # datumVonnis
+    Column("release_day", Date),  # ontslagdatum
+    CheckConstraint("direction IN ('outbound', 'inbound')", name="ck_deadline_facts_direction"),
+)
+
+# The data subject's rights (covenant art. 12-15): which messages were about which person, without the
+# person. ``subject`` is a keyed hash (HMAC-SHA256 under the gateway's own subject key) of the BSN: the
+# store alone cannot tell whose it is; an officer who is given the BSN can find the messages.
+subject_index = Table(
+    "subject_index", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject", String, nullable=False),  # hex HMAC-SHA256(subject key, BSN)
+    Column("direction", String, nullable=False),  # outbound | inbound
+    Column("message_id", String, nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Column("erased_at", UTCDateTime),  # subject-erase shielded this message's data
+    Index("ix_subject_index_subject", "subject"),
+    Index("ix_subject_index_message", "message_id"),
+    CheckConstraint("direction IN ('outbound', 'inbound')", name="ck_subject_index_direction"),
 )
 
 schema_version = Table(
