@@ -384,6 +384,8 @@ class LoadedSecrets:
     smtp_password: str | None
     imap_password: str | None
     store_url: URL
+    #: the key of the subject index (``gateway.privacy``); None when [privacy] names none
+    subject_key: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<LoadedSecrets {self.identity!r}>"
@@ -395,6 +397,13 @@ class DashboardConfig:
 
     listen: tuple[str, int] = ("127.0.0.1", 8080)  #: loopback by default: put a TLS proxy in front for more
     accounts_file: Path | None = None  #: None: secrets/dashboard-accounts next to the configuration
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """The data subject's rights (``gateway.privacy``): the key under which the store names persons."""
+
+    subject_key: Secret | None = None  #: None: no subject index is kept, subject-access cannot answer
 
 
 @dataclass(frozen=True)
@@ -428,6 +437,7 @@ class GatewayConfig:
                                                                                   compare=False)
     dashboard: DashboardConfig = DashboardConfig()
     retention: Retention = Retention()
+    privacy: PrivacyConfig = PrivacyConfig()
 
     def parties(self) -> Parties:
         """Both registries behind the interface the validator takes (those read at load, not read again)."""
@@ -459,9 +469,19 @@ class GatewayConfig:
         smtp_password = attempt(self.smtp.password.read) if self.smtp and self.smtp.password else None
         imap_password = attempt(self.imap.password.read) if self.imap else None
         store_url = attempt(self.store.connect_url)
+        subject_key = attempt(self._subject_key) if self.privacy.subject_key else None
         if problems:
             raise ConfigError(problems, self.path)
-        return LoadedSecrets(identity, trust, smtp_password, imap_password, store_url)
+        return LoadedSecrets(identity, trust, smtp_password, imap_password, store_url, subject_key)
+
+    def _subject_key(self) -> bytes:
+        from gateway.privacy import SubjectKeyError, parse_subject_key
+
+        assert self.privacy.subject_key is not None
+        try:
+            return parse_subject_key(self.privacy.subject_key.read())
+        except SubjectKeyError as e:
+            raise ConfigError(f"privacy.subject_key: {e}") from None
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -1040,6 +1060,13 @@ def _retention(t: _Table | None, ctx: _Context) -> Retention:
     return retention
 
 
+def _privacy(t: _Table | None, ctx: _Context) -> PrivacyConfig:
+    t = t or _Table({}, "privacy", ctx)
+    privacy = PrivacyConfig(subject_key=t.secret("subject_key", required=False))
+    t.finish()
+    return PrivacyConfig() if privacy.subject_key is None else privacy
+
+
 def load_config(path: str | os.PathLike) -> GatewayConfig:
     """Read and check the configuration file; ConfigError lists every problem (`key: problem`)."""
     path = Path(path)
@@ -1078,6 +1105,7 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     routes = _routes(top.table("routes"), party.code if party else None)
     dashboard = _dashboard(top.table("dashboard"), ctx)
     retention = _retention(top.table("retention"), ctx)
+    privacy = _privacy(top.table("privacy"), ctx)
     top.finish()
 
     if smtp is None and (by_mail := [c for c, r in routes.items() if r.transport == "email"]):
@@ -1097,4 +1125,4 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     assert ctx.institutions is not None and ctx.municipalities is not None
     return GatewayConfig(path, party, identity, trust, folders, store, registries, MappingProxyType(routes), smtp,
                          imap, retry, limits, log_level, as2, (ctx.municipalities, ctx.institutions),
-                         dashboard=dashboard, retention=retention)
+                         dashboard=dashboard, retention=retention, privacy=privacy)

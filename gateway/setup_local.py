@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.crypto.pki import DEV_PARTIES, DevParty, init_dev_pki
 from gateway.routing.parties import DEFAULT_INSTITUTIONS_PATH
+from gateway.privacy import new_subject_key
 
 __all__ = ["SetupError", "init_local"]
 
@@ -152,6 +153,10 @@ port = {imap[1]}
 {ca_line}username = {_toml(me.email)}
 password_file = "secrets/imap-password"
 
+# The key under which the store names the persons messages are about (subject-access, subject-erase).
+[privacy]
+subject_key_file = "secrets/subject-key"
+
 [retry]
 first_delay = "5m"
 multiplier = 2
@@ -177,6 +182,7 @@ What is where
   config/institutions.toml the PI table (a copy of the shipped example: replace it with the real one)
   secrets/smtp-password    the SMTP password (random placeholder: put the real one here, mode 600)
   secrets/imap-password    the IMAP password (random placeholder: put the real one here, mode 600)
+  secrets/subject-key      the subject index key (random; back it up with the private key)
   outbox/                  put messages (XML) to send here
   rejected/                invalid messages, each with NAME.error.json saying why
   inbox/                   messages received and verified
@@ -229,6 +235,7 @@ def init_local(folder: str | os.PathLike, *, party: str = "PI-VUGHT", smtp: tupl
     shutil.copyfile(DEFAULT_INSTITUTIONS_PATH, root / "config" / "institutions.toml")
     for name in ("smtp-password", "imap-password"):
         _write_private(root / "secrets" / name, secrets.token_urlsafe(24).encode() + b"\n")
+    _write_private(root / "secrets" / "subject-key", new_subject_key().encode() + b"\n")
 
     routes, skipped = [], []
     for other in DEV_PARTIES:

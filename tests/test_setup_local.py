@@ -39,6 +39,7 @@ def test_a_pi_set_up_loads_and_passes_check_secrets(pi_site):
                                                                                            "starttls", None)
     assert (config.imap.host, config.imap.port, config.imap.ca_file) == ("imap.example.test", 1993, None)
     assert loaded.smtp_password != loaded.imap_password and len(loaded.smtp_password) >= 32
+    assert len(loaded.subject_key) == 32 and loaded.subject_key.hex() not in repr(loaded)
     assert "PI-ZWOLLE" in pi_site.read_text() and "EC" in pi_site.read_text()  # says why it has no route
 
 
@@ -59,7 +60,7 @@ def test_folders_secrets_and_readme(pi_site):
     assert all(p.is_dir() for p in (f.outbox, f.rejected, f.inbox, f.spool, f.quarantine))
     assert config.store.sqlite_path.parent.is_dir()
     assert stat.S_IMODE(os.stat(site / "secrets").st_mode) == 0o700
-    for name in ("smtp-password", "imap-password"):
+    for name in ("smtp-password", "imap-password", "subject-key"):
         assert stat.S_IMODE(os.stat(site / "secrets" / name).st_mode) == 0o600
     readme = (site / "README.txt").read_text()
     assert "nazorg-gateway run -c gateway.toml" in readme and "secrets/smtp-password" in readme
