@@ -364,5 +364,10 @@ from gateway.ops.cli_audit import register as _register_audit  # noqa: E402  (en
 _register_audit(app)
 
 
+from gateway.ops.cli_subjects import register as _register_subjects  # noqa: E402  (engineer R: subject rights)
+
+_register_subjects(app)
+
+
 def main() -> None:
     app()

@@ -1,7 +1,8 @@
 """The operator's web dashboard: aiohttp, server-rendered HTML, no JavaScript, nothing fetched from outside.
 
 Pages: overview (states, last 24 hours, oldest pending, alerts), message search and timeline, held and
-failed lists with retry/release/cancel (POST + CSRF token), routes and certificates; ``/metrics``
+failed lists with retry/release/cancel (POST + CSRF token), routes and certificates, subject access
+(officer only: ``gateway.ops.subjects``); ``/metrics``
 (Prometheus), ``/healthz`` and ``/readyz``. Everything but the two health probes needs a login
 (accounts: ``web_accounts.py``); ``/metrics`` also takes HTTP Basic for a scraper. Every page view and
 every action is written to the audit trail with the operator's name (origin ``dashboard``).
@@ -106,6 +107,7 @@ def make_dashboard(config, store: Store, secrets, *, clock: Clock | None = None,
         web.post("/messages/{id}/{action:retry|release|cancel}", act),
         web.get("/held", held), web.get("/failed", failed), web.get("/routes", routes),
         web.get("/metrics", metrics),
+        web.get("/subjects", subjects_page), web.post("/subjects", subjects_page),
     ])
     return app
 
@@ -202,6 +204,7 @@ def _page(title: str, body: str, session: Session | None, status: int = 200) -> 
     if session is not None:
         nav = ("<a href='/'>Overview</a><a href='/messages'>Messages</a><a href='/held'>Held</a>"
                "<a href='/failed'>Failed</a><a href='/routes'>Routes &amp; certificates</a>"
+               + ("<a href='/subjects'>Subject access</a>" if session.role == "officer" else "") +
                f"<form method='post' action='/logout'>{_csrf(session)}<span>{escape(session.name)} "
                f"({escape(session.role)})</span> <button>Log out</button></form>")
     flash = ""
@@ -590,3 +593,37 @@ async def _basic_ok(request: web.Request, dash: Dashboard) -> bool:
         return False
     account = dash.accounts().get(name)
     return account is not None and await asyncio.to_thread(verify_password, password, account.password_hash)
+
+
+async def subjects_page(request: web.Request) -> web.Response:
+    """Subject access (covenant art. 13.3), officer only: a form for the BSN (POSTed, never in a URL or a
+    log), then the same overview as ``nazorg-gateway subject-access``, audited as ``subject.access``."""
+    from gateway.ops.subjects import InvalidBsn, access_report, check_bsn, report_body, subject_of
+
+    session: Session = request[SESSION]
+    dash = request.app[KEY]
+    if session.role != "officer":
+        await dash.audit("subject.access", "subjects", "refused: role", session.name)
+        return _page("Not allowed", "<p>Only an officer may answer a data subject's request.</p>", session, 403)
+    key = dash.secrets.subject_key
+    form = ("<form method='post' action='/subjects'>" + _csrf(session) +
+            "<p><label>BSN of the data subject <input name='bsn' id='bsn' autocomplete='off' inputmode='numeric' "
+            "required></label> <button id='subject-access'>Show overview</button></p></form>"
+            "<p>The overview is in Dutch (it is handed to the data subject); it is also printable from "
+            "<code>nazorg-gateway subject-access --pdf</code>.</p>")
+    if key is None:
+        return _page("Subject access", "<p class='alert'>No subject key is configured ([privacy] "
+                                       "subject_key_file): the gateway keeps no subject index.</p>", session, 503)
+    if request.method == "GET":
+        await dash.audit("dashboard.view", "subjects", "ok", session.name)
+        return _page("Subject access", form, session)
+    bsn = str((await request.post()).get("bsn", ""))
+    try:
+        digits = check_bsn(bsn)
+    except InvalidBsn as e:
+        return _page("Subject access", f"<p class='alert' id='bsn-error'>{escape(str(e))}</p>" + form, session, 400)
+    report = await access_report(dash.store, subject=subject_of(key, digits), bsn=digits, officer=session.name,
+                                 identity=dash.secrets.identity, trust=dash.secrets.trust,
+                                 parties=dash.config.parties(), own_party=str(dash.config.party.party),
+                                 origin=ORIGIN, now=dash.clock())
+    return _page("Subject access", form + "<div id='overview' lang='nl'>" + report_body(report) + "</div>", session)
