@@ -6,9 +6,11 @@ Easter, King's Day (the Saturday before when 27 April is a Sunday), Liberation D
 year, Ascension, Whitsun and Christmas. The package's PUBLIC set alone counts 5 May only in
 lustrum years; statutory time limits count it every year, so a deadline never falls on it.
 
-Facts come from the message XML (start of detention, expected release, verdict date, release
-day) as long as a readable copy exists (the outbound spool copy, removed once delivered; the
-inbound inbox copy); the times come from the store. A superseding message (``vervangt``)
+Facts (start of detention, expected release, verdict date, release day) are read from the
+message when it is validated, at pick-up and at intake, and kept in the store's ``deadline_facts``
+table: the plaintext copies (outbound spool, inbound inbox) do not last. Only a message stored
+before that table (migration 4) has its facts read from its XML, as long as a copy exists. The
+times come from the store. A superseding message (``vervangt``)
 replaces the one it names: the facts are taken from the newest messages that are not superseded,
 so a new start or release date moves the due dates.
 """
@@ -26,7 +28,7 @@ import holidays
 from lxml import etree
 
 from gateway.messages.catalogue import BY_ROOT_TAG
-from gateway.messages.rules import LONG_STAY_MONTHS, MessageIndex, add_months
+from gateway.messages.rules import LONG_STAY_MONTHS, add_months
 from gateway.messages.safe_parse import InputRejected, parse_message_bytes
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
@@ -84,7 +86,9 @@ def _astuple(f: Facts) -> tuple:
 
 
 def read_facts(path: str | Path | None) -> Facts | None:
-    """The facts of a message file, or None when there is no readable, known message there."""
+    """The facts of a message file, or None when there is no readable, known message there.
+
+    Only for messages stored before the ``deadline_facts`` table (migration 4): newer ones have a row."""
     if not path:
         return None
     try:
@@ -94,9 +98,19 @@ def read_facts(path: str | Path | None) -> Facts | None:
         return None
     if root.tag not in BY_ROOT_TAG:
         return None
-    doc = MessageIndex(root)
-    detentie = doc.top.get("detentie")
-    parts = doc.children(detentie) if detentie is not None else doc.top
+    return facts_of(root)
+
+
+def _children(el: etree._Element, ns: int) -> dict[str, etree._Element]:
+    return {child.tag[ns:]: child for child in el if isinstance(child.tag, str)}
+
+
+def facts_of(root: etree._Element) -> Facts:
+    """The facts a parsed message states (the validation worker calls this on the tree it validated)."""
+    ns = root.tag.index("}") + 1 if root.tag.startswith("{") else 0
+    top = _children(root, ns)
+    detentie = top.get("detentie")
+    parts = _children(detentie, ns) if detentie is not None else top
 
     def day(name: str, where: dict) -> date | None:
         el = where.get(name)
@@ -105,7 +119,7 @@ def read_facts(path: str | Path | None) -> Facts | None:
     status = parts.get("status")
     return Facts(start=day("aanvangDetentie", parts), status=status.text.strip() if status is not None else None,
                  expected_release=day("einddatumDetentie", parts), verdict=day("datumVonnis", parts),
-                 release_day=day("ontslagdatum", doc.top))
+                 release_day=day("ontslagdatum", top))
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,19 +257,38 @@ def step_of(dossier: Dossier, mtype: str) -> Step | None:
     return next((s for s in dossier.steps if s.step == mtype), None)
 
 
+_FACT_COLUMNS = ("start", "status", "expected_release", "verdict", "release_day")
+
+
 def _rows(conn, dossiers: list[str] | None):
-    from sqlalchemy import select
+    """Outbound and inbound rows, each with its ``deadline_facts`` row when there is one (outer join;
+    ``has_facts`` None: a message stored before migration 4, whose facts only its XML holds)."""
+    from sqlalchemy import and_, select
 
-    from gateway.store.schema import inbound, messages
+    from gateway.store.schema import deadline_facts, inbound, messages
 
-    m, i = messages.c, inbound.c
-    out_q = select(m.message_id, m.type, m.dossier, m.created_at, m.sent_at, m.delivered_at, m.acknowledged_at,
-                   m.supersedes, m.spool_path, m.sender, m.recipient).where(m.state != "cancelled")
-    in_q = select(i.message_id, i.type, i.dossier, i.received_at, i.inbox_path, i.sender) \
-        .where(i.outcome == "accepted", i.dossier.is_not(None))
+    m, i, d = messages.c, inbound.c, deadline_facts.c
+    dates = [d[name] for name in _FACT_COLUMNS]
+    out_q = (select(m.message_id, m.type, m.dossier, m.created_at, m.sent_at, m.delivered_at, m.acknowledged_at,
+                    m.supersedes, m.spool_path, m.sender, m.recipient, d.message_id.label("has_facts"), *dates)
+             .select_from(messages.outerjoin(deadline_facts, and_(d.direction == "outbound",
+                                                                  d.message_id == m.message_id)))
+             .where(m.state != "cancelled"))
+    in_q = (select(i.message_id, i.type, i.dossier, i.received_at, i.inbox_path, i.sender,
+                   d.message_id.label("has_facts"), *dates)
+            .select_from(inbound.outerjoin(deadline_facts, and_(d.direction == "inbound",
+                                                                d.message_id == i.message_id)))
+            .where(i.outcome == "accepted", i.dossier.is_not(None)))
     if dossiers is not None:
         out_q, in_q = out_q.where(m.dossier.in_(dossiers)), in_q.where(i.dossier.in_(dossiers))
     return conn.execute(out_q).all(), conn.execute(in_q).all()
+
+
+def _facts(row, path: str | None) -> Facts | None:
+    """The stored facts of a row; the XML's only for a message stored before they were kept."""
+    if row.has_facts is not None:
+        return Facts(row.start, row.status, row.expected_release, row.verdict, row.release_day)
+    return read_facts(path)
 
 
 def _split(a: str | None, b: str | None) -> tuple[str | None, str | None]:
@@ -265,7 +298,7 @@ def _split(a: str | None, b: str | None) -> tuple[str | None, str | None]:
 
 
 async def load_events(store, dossiers: Iterable[str] | None = None) -> dict[str, list[Event]]:
-    """Every message per dossier (outbound not cancelled, inbound accepted), with the facts of its XML."""
+    """Every message per dossier (outbound not cancelled, inbound accepted), with the facts kept for it."""
     import asyncio
 
     wanted = None if dossiers is None else list(dossiers)
@@ -277,12 +310,12 @@ async def load_events(store, dossiers: Iterable[str] | None = None) -> dict[str,
             pi, town = _split(r.sender, r.recipient)
             by.setdefault(r.dossier, []).append(Event(
                 r.message_id, r.type, r.created_at, r.sent_at, r.acknowledged_at or r.delivered_at, r.supersedes,
-                read_facts(r.spool_path), pi, town, r.acknowledged_at is not None))
+                _facts(r, r.spool_path), pi, town, r.acknowledged_at is not None))
         for r in inbound_rows:
             pi, town = _split(r.sender, None)
             by.setdefault(r.dossier, []).append(Event(
                 r.message_id, r.type or "", r.received_at, r.received_at, r.received_at, None,
-                read_facts(r.inbox_path), pi, town, True))
+                _facts(r, r.inbox_path), pi, town, True))
         return by
 
     return await asyncio.to_thread(build)
@@ -290,9 +323,13 @@ async def load_events(store, dossiers: Iterable[str] | None = None) -> dict[str,
 
 async def load_dossiers(store, today: date, dossiers: Iterable[str] | None = None) -> list[Dossier]:
     """Each dossier's chain with due dates and whether they were met, sorted by dossier reference."""
+    import asyncio
+
     events = await load_events(store, dossiers)
-    return [dossier_steps(d, evs, today) for d, evs in sorted(events.items())]
+    # in a thread: at a million messages this is seconds of Python the event loop must not wait for
+    return await asyncio.to_thread(lambda: [dossier_steps(d, evs, today) for d, evs in sorted(events.items())])
+
 
 __all__ = ["AMSTERDAM", "DUE_SOON_DAYS", "STEPS", "Dossier", "Event", "Facts", "Step", "add_working_days",
-           "current_facts", "dossier_steps", "holiday_name", "is_working_day", "local_date", "long_stay",
-           "load_dossiers", "read_facts", "step_of"]
+           "current_facts", "dossier_steps", "facts_of", "holiday_name", "is_working_day", "local_date",
+           "long_stay", "load_dossiers", "read_facts", "step_of"]

@@ -4,13 +4,21 @@ Everything is computed from the store at the moment of asking, so the figures ar
 whichever process asks (the daemon, a standalone dashboard) and survive restarts. Each call
 renders into a fresh ``CollectorRegistry``: no module-level metric objects, no global state.
 Aggregates only: states, types, party codes, reasons (the rule's name), never content.
+
+The chain's deadline alerts (steps overdue, due soon, or done late; ``deadlines.py``) need every
+dossier's messages: at a million messages that is seconds of work, so they are computed at most
+once a minute per store (``DEADLINE_CACHE_SECONDS``; concurrent scrapes share one computation) and
+labelled by step type and status only (no dossier, no person).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,10 +28,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import Connection, func, select
 
+from gateway.ops.deadlines import STEPS, load_dossiers, local_date
 from gateway.store import State, Store
 from gateway.store.schema import messages, pickups, receipts, transitions
 
-__all__ = ["BUCKETS", "CertificateInfo", "Figures", "certificates", "gather", "render"]
+__all__ = ["ALERT_STATUSES", "BUCKETS", "DEADLINE_CACHE_SECONDS", "CertificateInfo", "Figures", "certificates",
+           "deadline_alerts", "gather", "render"]
 
 m = messages.c
 #: latency buckets in seconds: from a quick relay hand-over up to the days a receipt may take
@@ -32,6 +42,10 @@ BUCKETS: tuple[float, ...] = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 3 *
 PENDING = frozenset({State.RECEIVED, State.HELD, State.QUEUED, State.SENDING, State.RETRY_WAIT, State.SENT,
                      State.DELIVERED})
 QUEUE = frozenset({State.QUEUED, State.RETRY_WAIT, State.SENDING})
+#: the statuses of a chain step that are an alert (``deadlines.Step.alert``), each a gauge value per step
+ALERT_STATUSES = ("overdue", "due-soon", "late")
+#: how long computed deadline alerts are served before they are computed again
+DEADLINE_CACHE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,8 @@ class Figures:
     sent_per_hour: list[int] = field(default_factory=list)
     sent_latency_24h: list[float] = field(default_factory=list)
     ack_latency_24h: list[float] = field(default_factory=list)
+    #: chain steps in an alert status: (status, step type) -> count; every pair present (0 when none)
+    deadline_alerts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def by_state(self) -> dict[State, int]:
         out = dict.fromkeys((s for s in State if s is not State.REJECTED), 0)
@@ -115,9 +131,47 @@ def _figures_tx(conn: Connection, now: datetime) -> Figures:
                    ack_latency_24h=acked24)
 
 
-async def gather(store: Store, now: datetime | None = None) -> Figures:
-    """Every figure in one read (one reader connection, one snapshot per statement)."""
-    return await store.read_query(_figures_tx, now or datetime.now(timezone.utc))
+async def gather(store: Store, now: datetime | None = None, *, deadlines: bool = True) -> Figures:
+    """Every figure in one read (one reader connection, one snapshot per statement); with ``deadlines``
+    the chain's alerts too (at most ``DEADLINE_CACHE_SECONDS`` old)."""
+    now = now or datetime.now(timezone.utc)
+    figures = await store.read_query(_figures_tx, now)
+    if deadlines:
+        figures = replace(figures, deadline_alerts=await deadline_alerts(store, now))
+    return figures
+
+
+class _AlertCache:
+    """The last deadline alerts of one store, and the lock that makes concurrent scrapes share one run."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.at: float | None = None  #: time.monotonic() of the computation
+        self.today = None
+        self.alerts: dict[tuple[str, str], int] = {}
+
+
+#: per open store; weak, so a closed and dropped store takes its cache with it
+_ALERTS: weakref.WeakKeyDictionary[Store, _AlertCache] = weakref.WeakKeyDictionary()
+
+
+async def deadline_alerts(store: Store, now: datetime | None = None, *,
+                          max_age: float = DEADLINE_CACHE_SECONDS) -> dict[tuple[str, str], int]:
+    """Chain steps per (status, step type) for the alert statuses, every pair present.
+
+    Served from a cache younger than ``max_age`` seconds (and of the same day); else computed
+    from ``deadlines.load_dossiers`` once, however many scrapes wait for it."""
+    today = local_date(now or datetime.now(timezone.utc))
+    cache = _ALERTS.setdefault(store, _AlertCache())
+    async with cache.lock:
+        if cache.at is None or cache.today != today or time.monotonic() - cache.at >= max_age:
+            counts = dict.fromkeys(((status, step) for status in ALERT_STATUSES for step in STEPS), 0)
+            for dossier in await load_dossiers(store, today):
+                for step in dossier.steps:
+                    if step.alert:
+                        counts[(step.status, step.step)] = counts.get((step.status, step.step), 0) + 1
+            cache.alerts, cache.today, cache.at = counts, today, time.monotonic()
+        return dict(cache.alerts)
 
 
 def certificates(own_cert: x509.Certificate | None, routes: Mapping[str, Any],
@@ -198,6 +252,12 @@ class _Snapshot:
         for c in self.certs:
             days.add_metric([c.party], round(c.days_left, 3))
         yield days
+        steps = GaugeMetricFamily("nazorg_chain_steps_alerting", "Chain steps (deadlines of section VI) that are "
+                                  "overdue, due within two days, or were done late, by status and step type.",
+                                  labels=["status", "step"])
+        for (status, step), n in sorted(f.deadline_alerts.items()):
+            steps.add_metric([status, step], n)
+        yield steps
         yield _histogram("nazorg_drop_to_sent_seconds", "From pick-up to the next hop's acceptance.",
                          f.sent_latency)
         yield _histogram("nazorg_drop_to_acknowledged_seconds", "From pick-up to the signed receipt.",

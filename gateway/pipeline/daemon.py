@@ -84,7 +84,8 @@ class Gateway:
         self.store = store = await Store.open(secrets.store_url.render_as_string(hide_password=False))
         validation = ValidationPool(institutions=cfg.registries.institutions,
                                     municipalities=cfg.registries.municipalities,
-                                    max_bytes=cfg.limits.max_message_bytes, workers=cfg.limits.validation_workers)
+                                    max_bytes=cfg.limits.max_message_bytes, workers=cfg.limits.validation_workers,
+                                    subject_key=secrets.subject_key)
         transports: dict[str, Transport] = {}
         closing: list = []  #: other connections to close at the end
         try:

@@ -313,7 +313,7 @@ class Intake:
                 transport_message_id=arrival.transport_message_id or None, sender=partner.party,
                 signer_fingerprint=fingerprint, type=facts.type, dossier=facts.dossier, mic=opened.mic,
                 sha256=sha256, outcome="accepted", inbox_path=str(entry.xml_path),
-                receipt=None if mdn is None else mdn.entity)
+                receipt=None if mdn is None else mdn.entity, dates=facts.dates, subjects=facts.subjects)
         except DuplicateInbound as dup:  # another process recorded it meanwhile
             return self._again(dup.existing, arrival, "berichtId")
         log.info("inbound.accepted", message_id=facts.message_id, type=facts.type, sender=partner.party,
@@ -391,13 +391,15 @@ class Intake:
                           why="an inbox message without a row and without readable metadata: check it by hand")
                 continue
             mdn = self._mdn(meta["transport"], meta["transport_message_id"], Disposition.PROCESSED, None, meta["mic"])
+            known = await self._facts_of_file(entry.xml_path, entry.message_id)
             try:
                 await self.store.record_inbound(
                     message_id=entry.message_id, transport=meta["transport"],
                     transport_message_id=meta["transport_message_id"] or None, sender=meta["sender"],
                     signer_fingerprint=meta.get("signer_sha256"), type=entry.label, dossier=meta.get("dossier"),
                     mic=meta["mic"], sha256=meta["entity_sha256"], outcome="accepted",
-                    inbox_path=str(entry.xml_path), receipt=None if mdn is None else mdn.entity, actor="reconcile")
+                    inbox_path=str(entry.xml_path), receipt=None if mdn is None else mdn.entity, actor="reconcile",
+                    dates=known.dates if known else None, subjects=known.subjects if known else ())
             except DuplicateInbound:
                 continue
             recorded += 1
@@ -408,6 +410,17 @@ class Intake:
                 await asyncio.to_thread(self.inbox.remove, path)
                 log.info("inbound.orphan_removed", message_id=message_id, type=label)
         return recorded
+
+
+    async def _facts_of_file(self, path: Path, message_id: str) -> Facts | None:
+        """The dates and subject hashes of an inbox copy (crash recovery: the row was never written);
+        None when it no longer passes (its row then has none: the deadlines read the file instead)."""
+        try:
+            data = await asyncio.to_thread(Path(path).read_bytes)
+        except OSError:
+            return None
+        checked = await self.validation.check(data, f"inbox:{message_id}")
+        return checked.facts if checked.valid and checked.facts.message_id == message_id else None
 
 
 def _built(entity: bytes) -> BuiltMdn:

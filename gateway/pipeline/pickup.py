@@ -135,7 +135,9 @@ class Pickup:
             return
         spool_name = f"{facts.message_id}.xml"
         try:
-            record = await self.store.accept(_new_message(facts, name, size, sha256, self.spool / spool_name))
+            # the dates and subject hashes go into the same transaction: they outlive the spool copy
+            record = await self.store.accept(_new_message(facts, name, size, sha256, self.spool / spool_name),
+                                             dates=facts.dates, subjects=facts.subjects)
         except DuplicateMessage as e:  # the store's unique indexes decide (also between concurrent takes)
             if e.kind == "same-id":
                 reason = (f"message id {facts.message_id} was already taken from another file; a corrected "

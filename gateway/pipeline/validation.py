@@ -23,7 +23,12 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from lxml import etree
+
 from gateway.messages.validate import Validator
+from gateway.ops.deadlines import Facts as DeadlineFacts
+from gateway.ops.deadlines import facts_of
+from gateway.privacy import subject_hash
 from gateway.routing.parties import Parties
 
 #: workers are replaced after this many messages (bounds lxml's name dictionary)
@@ -31,7 +36,8 @@ MAX_TASKS_PER_CHILD = 2000
 
 
 class Facts(NamedTuple):
-    """What the pipeline needs of a valid message: picklable, no XML tree, no personal data."""
+    """What the pipeline needs of a valid message: picklable, no XML tree, no personal data (the person
+    only as the keyed hash of the BSN, made in the worker: the BSN never leaves it)."""
 
     type: str
     version: str
@@ -42,6 +48,10 @@ class Facts(NamedTuple):
     dossier: str
     replies_to: str | None
     supersedes: str | None
+    #: the dates the message states about the detention (the chain's due dates are computed from them)
+    dates: DeadlineFacts | None = None
+    #: ``subject_hash`` of each BSN of the person the message is about (empty: none, or no subject key)
+    subjects: tuple[str, ...] = ()
 
     @property
     def recipient_code(self) -> str:
@@ -78,30 +88,51 @@ class _EndedIsNotAnError:
 
 
 _validator: Validator | None = None
+_subject_key: bytes | None = None
 
 
-def _init_worker(institutions: str, municipalities: str | None, max_bytes: int) -> None:
-    global _validator
+def _init_worker(institutions: str, municipalities: str | None, max_bytes: int,
+                 subject_key: bytes | None = None) -> None:
+    global _validator, _subject_key
     parties = Parties.load(municipalities, institutions)
     _validator = Validator(_EndedIsNotAnError(parties), max_bytes=max_bytes)
+    _subject_key = subject_key
+
+
+def subject_bsns(root: etree._Element) -> list[str]:
+    """The BSNs naming the person a valid message is about: ``persoon/burgerservicenummer`` under the
+    root, in every message type (the shared type ``Persoon``; optional: not every detainee has one)."""
+    ns = root.tag[: root.tag.index("}") + 1]
+    return [el.text.strip() for el in root.iterfind(f"{ns}persoon/{ns}burgerservicenummer") if el.text]
 
 
 def check_bytes(data: bytes, source: str) -> Checked:
-    """Validate one message (in a worker, after `_init_worker`)."""
+    """Validate one message (in a worker, after `_init_worker`). The BSN is hashed here, with the key
+    the worker was given: only the hash leaves the worker process."""
     assert _validator is not None, "worker not initialised"
     verdict = _validator.validate_bytes(data, source)
     m = verdict.message
-    facts = None if m is None or not verdict.valid else Facts(
-        m.type.value, m.version, m.message_id, m.created, str(m.sender), str(m.recipient), m.dossier,
-        m.replies_to, m.supersedes)
+    if m is None or not verdict.valid:
+        return Checked(None, verdict.as_dict())
+    subjects: tuple[str, ...] = ()
+    if _subject_key is not None:
+        subjects = tuple(dict.fromkeys(subject_hash(_subject_key, bsn) for bsn in subject_bsns(m.root)))
+    facts = Facts(m.type.value, m.version, m.message_id, m.created, str(m.sender), str(m.recipient), m.dossier,
+                  m.replies_to, m.supersedes, facts_of(m.root), subjects)
     return Checked(facts, verdict.as_dict())
 
 
 class ValidationPool:
     """A small pool of validating processes; `check` is awaitable."""
 
-    def __init__(self, *, institutions: Path, municipalities: Path | None, max_bytes: int, workers: int = 2):
-        self._args = (os.fspath(institutions), os.fspath(municipalities) if municipalities else None, max_bytes)
+    def __repr__(self) -> str:  # never the subject key
+        return f"<ValidationPool {self._workers} workers>"
+
+    def __init__(self, *, institutions: Path, municipalities: Path | None, max_bytes: int, workers: int = 2,
+                 subject_key: bytes | None = None):
+        """``subject_key``: the gateway's subject key (``privacy``); None: no subject hashes are made."""
+        self._args = (os.fspath(institutions), os.fspath(municipalities) if municipalities else None, max_bytes,
+                      subject_key)
         self._workers = max(1, workers)
         self._pool = self._new_pool()
 

@@ -33,24 +33,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import fields
-from datetime import datetime, timedelta, timezone
-from typing import Any
+import re
+from dataclasses import dataclass, fields
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import (Connection, Engine, Row, Select, and_, bindparam, delete, func, insert, or_, select, text,
-                        update)
+from sqlalchemy import (Connection, Engine, Row, Select, and_, bindparam, delete, func, insert, null, or_, select,
+                        text, update)
 from sqlalchemy.exc import IntegrityError
 
 from .chain import GENESIS, row_hash
 from .engine import BUSY_TIMEOUT_MS, Runner, make_engine
 from .migrations import MIGRATIONS, Migration, apply_migrations
-from .schema import audit, inbound, messages, pickups, receipts, sealed, transitions
+from .schema import audit, deadline_facts, inbound, messages, pickups, receipts, sealed, subject_index, transitions
 from .states import (INBOUND_OUTCOMES, WAITING, DuplicateInbound, DuplicateMessage, InboundRecord, MessageRecord,
                      NewMessage, NewReceipt, Pickup, Receipt, StaleState, State, StoreError, Transition, UnknownMessage,
                      check_edge)
 
-__all__ = ["BUSY_TIMEOUT_MS", "LEASE_EXPIRED", "SETTABLE", "Store", "claim_query", "make_engine", "utcnow"]
+__all__ = ["BUSY_TIMEOUT_MS", "DIRECTIONS", "LEASE_EXPIRED", "SETTABLE", "DeadlineDates", "Store", "SubjectMessage",
+           "claim_query", "make_engine", "utcnow"]
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +119,64 @@ _INBOUND_BY_TRANSPORT = (select(*_INBOUND_COLS)
                                 inbound.c.transport_message_id == bindparam("_tmid"))
                          .order_by((inbound.c.outcome == "accepted").desc(), inbound.c.received_at.desc()).limit(1))
 _INSERT_INBOUND = insert(inbound)
+_INSERT_DEADLINE_FACTS = insert(deadline_facts)
+_INSERT_SUBJECT = insert(subject_index)
 _REPLACE_INBOUND = update(inbound).where(inbound.c.message_id == bindparam("_mid"), inbound.c.outcome == "refused")
+
+
+DIRECTIONS = ("outbound", "inbound")
+_SUBJECT = re.compile(r"[0-9a-f]{64}\Z")
+
+
+class DeadlineDates(NamedTuple):
+    """The dates a message states about the detention, as ``deadline_facts`` keeps them (None: not stated).
+
+    The same five fields as ``gateway.ops.deadlines.Facts``: ``accept`` and ``record_inbound`` take either."""
+
+    start: date | None = None  #: aanvangDetentie
+    status: str | None = None  #: preventiefGehecht | veroordeeld
+    expected_release: date | None = None  #: einddatumDetentie
+    verdict: date | None = None  #: datumVonnis
+    release_day: date | None = None  #: ontslagdatum
+
+
+_DATE_FIELDS = DeadlineDates._fields
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectMessage:
+    """One ``subject_index`` row with what the store knows of its message (None: the message row is gone,
+    e.g. purged, or the column does not exist for its direction)."""
+
+    subject: str  #: hex HMAC-SHA256 of the BSN (``gateway.privacy.subject_hash``)
+    direction: str  #: outbound | inbound
+    message_id: str
+    recorded_at: datetime  #: when the index row was written (pick-up or intake)
+    erased_at: datetime | None  #: when subject-erase shielded this message's data
+    type: str | None
+    sender: str | None  #: party code
+    recipient: str | None  #: party code (inbound: None, it was this gateway)
+    dossier: str | None
+    created_at: datetime | None  #: outbound: from the message header; inbound: None
+    received_at: datetime | None  #: outbound: picked up; inbound: arrived
+    sent_at: datetime | None  #: outbound only
+    delivered_at: datetime | None  #: outbound only
+    acknowledged_at: datetime | None  #: outbound only
+    state: str | None  #: outbound: the message's state; inbound: the outcome (accepted)
+    transport: str | None  #: outbound: "smtp" | "as2" once routed; inbound: "email" | "as2"
+
+
+def _dates_row(direction: str, message_id: str, dates: Any) -> dict[str, Any]:
+    return {"direction": direction, "message_id": message_id, **{f: getattr(dates, f) for f in _DATE_FIELDS}}
+
+
+def _subject_rows(direction: str, message_id: str, subjects: Iterable[str], now: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for subject in dict.fromkeys(subjects):
+        if not isinstance(subject, str) or not _SUBJECT.match(subject):  # never a BSN by mistake (not echoed)
+            raise ValueError("a subject is the hex HMAC-SHA256 of a BSN (gateway.privacy.subject_hash)")
+        rows.append(dict(subject=subject, direction=direction, message_id=message_id, recorded_at=now))
+    return rows
 
 
 def _record(row: Row[Any] | Sequence[Any]) -> MessageRecord:
@@ -273,13 +332,18 @@ class Store:
             raise DuplicateMessage("same-id", msg.message_id,
                                    self._accepted_pickup(conn, _ACCEPTED_BY_ID, _mid=msg.message_id))
 
-    async def accept(self, msg: NewMessage, *, actor: str = "pickup") -> MessageRecord:
+    async def accept(self, msg: NewMessage, *, actor: str = "pickup", dates: Any = None,
+                     subjects: Iterable[str] = ()) -> MessageRecord:
         """Make a message of a picked-up file (state ``received``), or raise ``DuplicateMessage``.
 
         One transaction: the pickup row (``accepted``, unconfirmed until ``confirm_pickup``),
-        the message, its first transition and the audit row.
+        the message, its first transition and the audit row; with ``dates`` (a ``DeadlineDates`` or
+        anything with its five attributes) its ``deadline_facts`` row (outbound), and one
+        ``subject_index`` row per subject hash in ``subjects`` (ValueError for anything else).
         """
         now = self._now()
+        facts_row = None if dates is None else _dates_row("outbound", msg.message_id, dates)
+        subject_rows = _subject_rows("outbound", msg.message_id, subjects, now)
         row = {name: getattr(msg, name) for name in _NEW_COLS}
         row.update(created_at=_aware_utc(msg.created_at), state=State.RECEIVED.value, reason=None, successor=None,
                    transport=None, address=None, attempts=0, next_attempt_at=None, lease_owner=None,
@@ -295,6 +359,10 @@ class Store:
                 message_id=msg.message_id, at=now, from_state=None, to_state=State.RECEIVED.value, attempt=0,
                 actor=actor))
             self._audit(conn, now, "message.accept", msg.message_id, "received", actor)
+            if facts_row is not None:
+                conn.execute(_INSERT_DEADLINE_FACTS, facts_row)
+            if subject_rows:
+                conn.execute(_INSERT_SUBJECT, subject_rows)
 
         try:  # the primary key and the unique index are the duplicate checks; a failure says which below
             await self._run.write(tx)
@@ -653,8 +721,13 @@ class Store:
                              dossier: str | None = None, mic: str | None = None, reason_code: str | None = None,
                              reason: str | None = None, inbox_path: str | None = None,
                              quarantine_path: str | None = None, receipt: bytes | None = None,
-                             actor: str = "intake") -> InboundRecord:
+                             actor: str = "intake", dates: Any = None, subjects: Iterable[str] = ()
+                             ) -> InboundRecord:
         """Remember an arrival and its receipt: the row and its audit row in one transaction.
+
+        An accepted message also gets, in that transaction, its ``deadline_facts`` row (direction
+        inbound) from ``dates`` and a ``subject_index`` row per hash in ``subjects`` (as ``accept``);
+        for a refused one they are ignored (a refusal is not a message of the dossier).
 
         An accepted message id is remembered for good: recording it again raises ``DuplicateInbound``
         (carrying the row as it stays) and changes nothing. A refused one is replaced by the next
@@ -669,6 +742,9 @@ class Store:
                    sha256=sha256, received_at=now, outcome=outcome, reason_code=reason_code, reason=reason,
                    inbox_path=inbox_path, quarantine_path=quarantine_path,
                    receipt=None if receipt is None else bytes(receipt))
+        accepted = outcome == "accepted"
+        facts_row = _dates_row("inbound", message_id, dates) if accepted and dates is not None else None
+        subject_rows = _subject_rows("inbound", message_id, subjects, now) if accepted else []
 
         def tx(conn: Connection) -> InboundRecord:
             existing = conn.execute(_INBOUND_BY_ID, {"_mid": message_id}).first()
@@ -679,12 +755,34 @@ class Store:
             else:
                 conn.execute(_REPLACE_INBOUND, {**{k: v for k, v in row.items() if k != "message_id"},
                                                 "_mid": message_id})
+            if facts_row is not None:
+                conn.execute(_INSERT_DEADLINE_FACTS, facts_row)
+            if subject_rows:
+                conn.execute(_INSERT_SUBJECT, subject_rows)
             result = outcome if reason_code is None else f"{outcome}: {reason_code}"
             self._audit(conn, now, f"inbound.{'accept' if outcome == 'accepted' else 'refuse'}", message_id,
                         result, actor, transport)
             return InboundRecord(**row)
 
         return await self._run.write(tx)
+
+    # -- the data subject's rights and the chain's deadlines
+
+    async def subjects_messages(self, subject: str) -> list[SubjectMessage]:
+        """Every message indexed under ``subject`` (a ``subject_hash``), both directions, in the order
+        they were recorded, with what is known of each (outer joins: a purged message keeps its index row)."""
+        if not _SUBJECT.match(subject or ""):
+            raise ValueError("a subject is the hex HMAC-SHA256 of a BSN (gateway.privacy.subject_hash)")
+        return await self._run.read(_subjects_messages_tx, subject)
+
+    async def deadline_facts(self, direction: str, message_ids: Iterable[str]) -> dict[str, DeadlineDates]:
+        """The stored dates of these messages (a message without a row is left out)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be outbound or inbound, not {direction!r}")
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return {}
+        return await self._run.read(_deadline_facts_tx, direction, ids)
 
     # -- receipts and audit
 
@@ -741,6 +839,37 @@ class Store:
 
 
 # -- reads shared by several methods (they run in a reader thread)
+
+_s = subject_index.c
+_SUBJECT_OUT = (select(_s.subject, _s.direction, _s.message_id, _s.recorded_at, _s.erased_at, m.type, m.sender,
+                       m.recipient, m.dossier, m.created_at, m.received_at, m.sent_at, m.delivered_at,
+                       m.acknowledged_at, m.state, m.transport, _s.id)
+                .select_from(subject_index.outerjoin(messages, m.message_id == _s.message_id))
+                .where(_s.subject == bindparam("_subject"), _s.direction == "outbound"))
+_i = inbound.c
+_SUBJECT_IN = (select(_s.subject, _s.direction, _s.message_id, _s.recorded_at, _s.erased_at, _i.type, _i.sender,
+                      null().label("recipient"), _i.dossier, null().label("created_at"), _i.received_at,
+                      null().label("sent_at"), null().label("delivered_at"), null().label("acknowledged_at"),
+                      _i.outcome, _i.transport, _s.id)
+               .select_from(subject_index.outerjoin(inbound, _i.message_id == _s.message_id))
+               .where(_s.subject == bindparam("_subject"), _s.direction == "inbound"))
+
+
+def _subjects_messages_tx(conn: Connection, subject: str) -> list[SubjectMessage]:
+    rows = [*conn.execute(_SUBJECT_OUT, {"_subject": subject}), *conn.execute(_SUBJECT_IN, {"_subject": subject})]
+    rows.sort(key=lambda r: (r.recorded_at, r[-1]))
+    return [SubjectMessage(*r[:-1]) for r in rows]
+
+
+def _deadline_facts_tx(conn: Connection, direction: str, ids: list[str]) -> dict[str, DeadlineDates]:
+    d = deadline_facts.c
+    out: dict[str, DeadlineDates] = {}
+    for start in range(0, len(ids), 500):  # bounded IN lists (SQLite's variable limit)
+        rows = conn.execute(select(d.message_id, *(d[f] for f in _DATE_FIELDS))
+                            .where(d.direction == direction, d.message_id.in_(ids[start:start + 500])))
+        out.update((r[0], DeadlineDates(*r[1:])) for r in rows)
+    return out
+
 
 def _find_pickup_tx(conn: Connection, sha256: str) -> Pickup | None:
     row = conn.execute(select(*_PICKUP_COLS).where(pickups.c.sha256 == sha256)
