@@ -43,11 +43,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) bench/validate.py
-	$(PY) bench/crypto_seal.py
-	$(PY) bench/crypto_open.py
-	$(PY) bench/pipeline.py
-	$(PY) bench/intake.py
+	$(PY) bench/all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -305,11 +305,67 @@ def _v4_facts_subjects(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_messages_recipient_sent ON messages (recipient, sent_at)")
 
 
+_V5_LATER = ("CASE WHEN excluded.{c} IS NOT NULL AND ({c} IS NULL OR excluded.{c} > {c}) "
+             "THEN excluded.{c} ELSE {c} END")
+_V5_UP = ("INSERT INTO message_counts (state, type, recipient, n) VALUES (NEW.state, NEW.type, NEW.recipient, 1) "
+          "ON CONFLICT (state, type, recipient) DO UPDATE SET n = n + 1;")
+_V5_DOWN = ("UPDATE message_counts SET n = n - 1 "
+            "WHERE state = OLD.state AND type = OLD.type AND recipient = OLD.recipient;")
+_V5_ACTIVITY = ("INSERT INTO recipient_activity (recipient, last_sent_at, last_acknowledged_at) "
+                "VALUES (NEW.recipient, NEW.sent_at, NEW.acknowledged_at) ON CONFLICT (recipient) DO UPDATE SET "
+                f"last_sent_at = {_V5_LATER.format(c='last_sent_at')}, "
+                f"last_acknowledged_at = {_V5_LATER.format(c='last_acknowledged_at')};")
+_V5_TRIGGERS = (
+    f"CREATE TRIGGER tr_messages_counts_insert AFTER INSERT ON messages BEGIN {_V5_UP} END",
+    f"CREATE TRIGGER tr_messages_counts_delete AFTER DELETE ON messages BEGIN {_V5_DOWN} END",
+    "CREATE TRIGGER tr_messages_counts_update AFTER UPDATE OF state, type, recipient ON messages "
+    "WHEN OLD.state IS NOT NEW.state OR OLD.type IS NOT NEW.type OR OLD.recipient IS NOT NEW.recipient "
+    f"BEGIN {_V5_DOWN} {_V5_UP} END",
+    f"CREATE TRIGGER tr_messages_activity_insert AFTER INSERT ON messages WHEN NEW.sent_at IS NOT NULL "
+    f"BEGIN {_V5_ACTIVITY} END",
+    "CREATE TRIGGER tr_messages_activity_update AFTER UPDATE OF sent_at, acknowledged_at ON messages "
+    f"WHEN NEW.sent_at IS NOT NULL BEGIN {_V5_ACTIVITY} END",
+)
+
+
+def _v5_status_counters(conn: Connection) -> None:
+    """Counts per (state, type, recipient) and the last delivery per recipient, kept by triggers (SQLite;
+    other databases count at each look), filled from the messages already there."""
+    md = MetaData()
+    Table(
+        "message_counts", md,
+        Column("state", String, primary_key=True),
+        Column("type", String, primary_key=True),
+        Column("recipient", String, primary_key=True),
+        Column("n", Integer, nullable=False),
+    )
+    Table(
+        "recipient_activity", md,
+        Column("recipient", String, primary_key=True),
+        Column("last_sent_at", UTCDateTime),
+        Column("last_acknowledged_at", UTCDateTime),
+    )
+    md.create_all(conn)
+    conn.exec_driver_sql("DROP INDEX ix_messages_state_type")  # the counts come from message_counts now
+    conn.exec_driver_sql("CREATE INDEX ix_messages_state_recipient_received ON messages (state, recipient, received_at)")
+    if conn.dialect.name != "sqlite":
+        return
+    conn.exec_driver_sql("INSERT INTO message_counts (state, type, recipient, n) "
+                         "SELECT state, type, recipient, count(*) FROM messages GROUP BY state, type, recipient")
+    conn.exec_driver_sql("INSERT INTO recipient_activity (recipient, last_sent_at, last_acknowledged_at) "
+                         "SELECT recipient, max(sent_at), max(acknowledged_at) FROM messages "
+                         "WHERE sent_at IS NOT NULL GROUP BY recipient")
+    for ddl in _V5_TRIGGERS:
+        conn.exec_driver_sql(ddl)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
     Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
     Migration(3, "audit hash chain, audit_checkpoints, monthly_figures", _v3_audit_chain),
     Migration(4, "deadline facts, subject index, status indexes", _v4_facts_subjects),
+    Migration(5, "status counters kept by triggers, index for the oldest open message per destination",
+              _v5_status_counters),
 )
 
 

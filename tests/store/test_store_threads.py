@@ -160,3 +160,46 @@ async def test_close_lets_the_writes_handed_over_finish(url, clock, make):
         assert (await s.counts())[State.RECEIVED] == 10
     finally:
         await s.close()
+
+
+async def test_writes_queued_together_commit_once_and_a_failing_one_is_undone_alone(store, db_path, sql):
+    """Group commit: what queued while the writer waited goes in one transaction, each call in its own
+    savepoint. The call that raises gets its exception and leaves nothing; the others are committed, and
+    none of them hears of success before that one COMMIT."""
+    from sqlalchemy import event
+
+    from gateway.ops.audit import Report, _walk
+
+    commits: list[int] = []
+    event.listen(store._engine, "commit", lambda _conn: commits.append(1))
+
+    def failing(conn):
+        conn.exec_driver_sql("CREATE TABLE scratch (x INTEGER)")
+        conn.exec_driver_sql("INSERT INTO scratch VALUES (1)")
+        raise ValueError("this call fails after writing")
+
+    other = other_writer(db_path)
+    try:
+        first = asyncio.create_task(store.audit(action="t.first", object="x", result="ok", actor="t"))
+        await asyncio.sleep(0.2)  # the writer thread holds `first` alone, waiting for the lock
+        queued = [asyncio.create_task(store.audit(action=f"t.q{i}", object="x", result="ok", actor="t"))
+                  for i in range(4)]
+        bad = asyncio.create_task(store._run.write(failing))
+        queued += [asyncio.create_task(store.audit(action=f"t.q{i}", object="x", result="ok", actor="t"))
+                   for i in range(4, 8)]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in (first, bad, *queued))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await first
+    await asyncio.gather(*queued)
+    with pytest.raises(ValueError, match="fails after writing"):
+        await bad
+    assert len(commits) == 2, "the eight queued writes and the failing one were committed as one group"
+    assert sql("SELECT name FROM sqlite_master WHERE name = 'scratch'") == []
+    actions = sorted(r["action"] for r in await store.audit_rows())
+    assert actions == sorted(["t.first", *(f"t.q{i}" for i in range(8))])
+    report = Report()
+    await store.run_read(_walk, set(), report)
+    assert report.rows == 9 and report.problems == [], "the audit chain has no hole where the failed call was"
