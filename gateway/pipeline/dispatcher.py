@@ -20,9 +20,11 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import structlog
 
+from adapters.outbox_fs import remove_plaintext
 from gateway.pipeline.transports import Permanent, Security, Temporary, Transport
 from gateway.store import MessageRecord, StaleState, State, Store
 
@@ -142,7 +144,10 @@ class Dispatcher:
         await self.store.add_receipt(record.message_id, kind="mdn", verdict=check.verdict.value, detail=check.reason)
         if check.ok:
             await self.store.transition(record.message_id, State.ACKNOWLEDGED, reason=check.reason,
-                                        actor=self.owner, expect=[State.SENT])
+                                        actor=self.owner, expect=[State.SENT],
+                                        **({"spool_path": None} if record.spool_path else {}))
+            if record.spool_path:  # delivery is proven: the plaintext copy goes, as on the e-mail route
+                await asyncio.to_thread(remove_plaintext, Path(record.spool_path))
             log_.info("acknowledged", reason=check.reason)
         elif check.verdict.value == "not-processed":
             await self.store.transition(record.message_id, State.FAILED, reason=check.reason, actor=self.owner,

@@ -49,3 +49,5 @@ async def test_a_dossier_over_the_platform_both_ways(tmp_path, shared_mail_serve
     assert sorted(p.name for p in gm.folders.inbox.rglob("*.xml")) == sorted(f"{m}.xml" for m in to_gm)
     assert [p.name for p in pi.folders.inbox.rglob("*.xml")] == [f"{blad_id}.xml"]
     assert not any(gm.folders.quarantine.iterdir()) and not any(pi.folders.quarantine.iterdir())
+    # acknowledged by a matching receipt: no plaintext copy is kept on either side (as on the e-mail route)
+    assert list(pi.folders.spool.glob("*.xml")) == [] and list(gm.folders.spool.glob("*.xml")) == []
