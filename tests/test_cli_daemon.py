@@ -61,3 +61,20 @@ def test_seal_and_open_take_identity_trust_and_routes_from_the_configuration(tmp
     assert own_copy.returncode == 0 and (tmp_path / "own.xml").read_bytes() == (tmp_path / "out.xml").read_bytes()
     neither = cli("open", str(tmp_path / "m.p7m"))
     assert neither.returncode == 2 and "-c CONFIG" in neither.stderr
+
+
+def test_run_refuses_a_lost_or_broken_store_and_starts_nothing(tmp_path):
+    """A store file gone while the spool holds messages, or a store file that is not a database: a clear
+    refusal (exit 2) naming the file and what to do, never a silent empty queue."""
+    config = tmp_path / "gw" / "gateway.toml"
+    assert cli("init", str(config.parent)).returncode == 0
+    (config.parent / "spool" / "0b1c.xml").write_bytes(b"<a/>")  # what the lost store owned
+    lost = cli("run", "-c", str(config))
+    assert lost.returncode == 2, lost.stderr
+    assert "store file" in lost.stderr and "is missing" in lost.stderr and "1 file(s)" in lost.stderr
+    assert not (config.parent / "state" / "gateway.db").exists(), "nothing was created in its place"
+
+    (config.parent / "state" / "gateway.db").write_bytes(b"this was a database once" * 200)
+    broken = cli("run", "-c", str(config))
+    assert broken.returncode == 2, broken.stderr
+    assert "store cannot be opened: file is not a database" in broken.stderr and "Traceback" not in broken.stderr

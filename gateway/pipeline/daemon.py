@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 from cryptography import x509
 
 from adapters.as2 import As2Reply, As2Request, As2Settings, AsyncMdnSettings, make_app, serve
@@ -35,7 +36,7 @@ from gateway.pipeline.receipt_matcher import ReceiptMatcher
 from gateway.pipeline.sealer import Sealer
 from gateway.pipeline.transports import EmailTransport, PlatformTransport, Transport
 from gateway.pipeline.validation import ValidationPool
-from gateway.store import Store
+from gateway.store import SchemaError, Store
 
 log = structlog.get_logger(__name__)
 #: where refused mails go in the own mailbox (kept, never deleted)
@@ -81,7 +82,13 @@ class Gateway:
         if cfg.store.sqlite_path is not None:
             cfg.store.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
         parties = cfg.parties()
-        self.store = store = await Store.open(secrets.store_url.render_as_string(hide_password=False))
+        _refuse_a_lost_store(cfg)
+        try:
+            self.store = store = await Store.open(secrets.store_url.render_as_string(hide_password=False))
+        except (SchemaError, DBAPIError) as e:
+            raise ConfigError([f"store.url: the store cannot be opened: {_db_reason(e)}; nothing was started. "
+                               "Restore the store from its backup (the spool, inbox and quarantine folders "
+                               "belong with it)"], cfg.path) from None
         validation = ValidationPool(institutions=cfg.registries.institutions,
                                     municipalities=cfg.registries.municipalities,
                                     max_bytes=cfg.limits.max_message_bytes, workers=cfg.limits.validation_workers,
@@ -211,6 +218,27 @@ class Gateway:
         host, port = cfg.as2.listen
         return await serve(app, host=host, port=port, server_cert_chain_pem=chain_pem, server_key_pem=key_pem,
                            client_ca_pem=cfg.trust.bundle.read_bytes())
+
+
+def _refuse_a_lost_store(cfg: GatewayConfig) -> None:
+    """A missing SQLite file beside a spool that holds messages is a lost store, not a first start: starting
+    would begin an empty queue and forget those messages (and their receipts) for good."""
+    path = cfg.store.sqlite_path
+    if path is None or path.exists():
+        return
+    left = [f for folder in (cfg.folders.spool, cfg.folders.quarantine) if folder.is_dir()
+            for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")]
+    if left:
+        raise ConfigError([f"store.url: the store file {path} is missing, but {len(left)} file(s) in the spool "
+                           "and quarantine belong to it: restore the store from its backup; to really start "
+                           "empty, move those folders' files aside first"], cfg.path)
+
+
+def _db_reason(e: Exception) -> str:
+    """The database's own words (no SQL, no parameters): "file is not a database", "malformed", ..."""
+    if isinstance(e, DBAPIError) and e.orig is not None:
+        return str(e.orig).splitlines()[0][:200]
+    return str(e).splitlines()[0][:200]
 
 
 def run(config: GatewayConfig) -> int:
