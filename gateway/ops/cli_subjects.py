@@ -160,7 +160,7 @@ def subject_erase(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Shield a person's data: remove the spool copies, sealed copies and quarantined copies the gateway keeps.
+    """Shield a person's data: remove the spool, sealed and quarantined copies and detention dates the gateway keeps.
 
     Keeps the metadata (ids, types, parties, dates, states: no personal data) and the audit trail, and
     marks the subject index erased. Refused while any of the messages is still in flight: cancel those
@@ -208,7 +208,8 @@ def _show(console: Console, plan: Any) -> None:
     console.print(f"subject {plan.subject_ref}: {len(plan.items)} message(s)")
     for i in plan.items:
         kept = [name for name, there in (("spool copy", i.spool), ("sealed copy", i.sealed),
-                                         ("quarantined copy", i.quarantine), ("inbox copy", i.inbox)) if there]
+                                         ("quarantined copy", i.quarantine), ("inbox copy", i.inbox),
+                                         ("detention dates", i.dates)) if there]
         erased = f", erased before on {i.erased_at:%Y-%m-%d}" if i.erased_at else ""
         console.print(f"  {i.message_id}  {i.direction} {i.type or '-'} ({i.state or 'purged'}{erased}): "
                       + ("remove " + ", ".join(kept) if kept else "nothing left to remove"), soft_wrap=True)

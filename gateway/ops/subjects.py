@@ -1,7 +1,7 @@
 """The data subject's rights (privacy covenant art. 12-15): the access overview and the erasure.
 
 ``access_report`` answers an access request (art. 13.3) from the gateway's own records: for each
-message the subject index names (``subject_index``: a keyed hash of the BSN, never the BSN), its
+message the subject index names (``Store.subjects_messages``: a keyed hash of the BSN, never the BSN), its
 purpose, the categories of data it held, its origin and recipient (codes and registry names) and
 its dates. The categories are read from a copy the gateway can still open: an outbound message's
 sealed entity (every message is enveloped to the sender too, so the own key opens it) or an
@@ -10,7 +10,9 @@ and gives the categories of the message type.
 
 ``erase`` (art. 14: deletion, shielding) removes what holds the person's data and is the
 gateway's own: the plaintext spool copy, the sealed entity, the quarantined copy of a refused
-arrival, and, only when asked, the inbox copy (once handed over it is the receiving systems').
+arrival, the detention dates kept for the chain's deadlines (``deadline_facts``: read from the
+message, special data, so shielded with it) and, only when asked, the inbox copy (once handed
+over it is the receiving systems').
 Metadata rows (ids, types, parties, dates, states) and the audit trail stay: they hold no
 personal data and prove what happened. Messages still in flight are refused: cancel them first.
 
@@ -42,7 +44,7 @@ from gateway.messages.rules import bsn_is_valid
 from gateway.ops.web_accounts import Account, load_accounts, verify_password
 from gateway.privacy import normalise_bsn, subject_hash
 from gateway.store import Store
-from gateway.store.schema import inbound, messages, sealed, subject_index
+from gateway.store.schema import deadline_facts, inbound, messages, sealed, subject_index
 
 __all__ = ["AccessReport", "Entry", "ErasePlan", "InvalidBsn", "OfficerRefused", "PURPOSES", "SECTIONS",
            "access_report", "check_bsn", "check_officer", "erase", "plan_erase", "render_html", "render_pdf",
@@ -222,6 +224,7 @@ class Entry:
     source: str = "type"  #: sealed | inbox | type (see SOURCE_LABELS)
     on_record: bool = True  #: False: the metadata itself is gone (retention purge)
     erased_at: datetime | None = None
+    kept_dates: list[str] = field(default_factory=list)  #: deadline_facts columns kept for the chain's deadlines
 
 
 @dataclass
@@ -277,18 +280,46 @@ def _index_tx(conn: Connection, subject: str) -> list[tuple[str, str, datetime |
     return [(d, mid, at) for (d, mid), at in seen.items()]
 
 
-def _facts_tx(conn: Connection, subject: str) -> tuple[list[tuple[str, str, datetime | None]], dict, dict, dict]:
+@dataclass
+class _Found:
+    """What the store holds about the subject's messages, read inside the erasure's write transaction (so
+    under the writer lock: ``Store.subjects_messages`` would read outside it)."""
+
+    rows: list[tuple[str, str, datetime | None]]  #: (direction, message id, erased_at)
+    outs: dict[str, Any]  #: message id -> messages row
+    seals: dict[str, tuple[bytes, datetime]]  #: message id -> (sealed entity, sealed_at)
+    ins: dict[str, Any]  #: message id -> inbound row
+    dates: dict[tuple[str, str], list[str]]  #: (direction, id) -> the deadline_facts columns holding a date
+
+
+def _facts_tx(conn: Connection, subject: str) -> _Found:
     rows = _index_tx(conn, subject)
     out_ids = [mid for d, mid, _ in rows if d == "outbound"]
     in_ids = [mid for d, mid, _ in rows if d == "inbound"]
-    outs = {r.message_id: r for r in conn.execute(select(messages).where(m.message_id.in_(out_ids)))} \
-        if out_ids else {}
-    seals = {r.message_id: (bytes(r.entity), r.sealed_at) for r in conn.execute(
-        select(sealed.c.message_id, sealed.c.entity, sealed.c.sealed_at).where(sealed.c.message_id.in_(out_ids)))} \
-        if out_ids else {}
-    ins = {r.message_id: r for r in conn.execute(select(inbound).where(inbound.c.message_id.in_(in_ids)))} \
-        if in_ids else {}
-    return rows, outs, seals, ins
+    found = _Found(rows, {}, {}, {}, {})
+    for chunk in _chunks(out_ids):
+        found.outs.update((r.message_id, r) for r in conn.execute(select(messages).where(m.message_id.in_(chunk))))
+        found.seals.update((r.message_id, (bytes(r.entity), r.sealed_at)) for r in conn.execute(
+            select(sealed.c.message_id, sealed.c.entity, sealed.c.sealed_at).where(sealed.c.message_id.in_(chunk))))
+    for chunk in _chunks(in_ids):
+        found.ins.update((r.message_id, r) for r in conn.execute(select(inbound).where(inbound.c.message_id.in_(chunk))))
+    wanted = {(d, mid) for d, mid, _ in rows}
+    for chunk in _chunks([mid for _, mid, _ in rows]):
+        for r in conn.execute(select(deadline_facts).where(deadline_facts.c.message_id.in_(chunk))):
+            kept = [name for name in _FACT_LABELS if r._mapping[name] is not None]
+            if kept and (r.direction, r.message_id) in wanted:
+                found.dates[(r.direction, r.message_id)] = kept
+    return found
+
+
+def _chunks(ids: list[str], size: int = 500) -> list[list[str]]:
+    """Bounded IN lists (SQLite's variable limit)."""
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+#: deadline_facts: what each column keeps (detention data, cat. m (B)) for the chain's deadlines
+_FACT_LABELS = {"start": "aanvang detentie", "status": "status (preventief gehecht / veroordeeld)",
+                "expected_release": "verwachte einddatum", "verdict": "datum vonnis", "release_day": "ontslagdatum"}
 
 
 def _sections_of(xml: bytes) -> tuple[list[str], datetime | None]:
@@ -353,41 +384,68 @@ def _fill_from_copy(entry: Entry, xml: bytes | None, source: str) -> None:
     entry.created_at = entry.created_at or created
 
 
-def _build(rows, outs, seals, ins, *, identity: Any, trust: Any, parties: Any, own_party: str) -> list[Entry]:
-    """Runs in a thread: opening sealed copies is CPU work."""
-    entries = []
-    for direction, mid, erased_at in rows:
-        e = Entry(direction, mid, erased_at=erased_at)
-        if direction == "outbound":
-            r = outs.get(mid)
-            if r is None:
-                e.on_record = False
-            else:
-                e.type, e.sender, e.recipient, e.dossier, e.state = r.type, r.sender, r.recipient, r.dossier, r.state
-                e.created_at, e.received_at, e.sent_at = r.created_at, r.received_at, r.sent_at
-                e.delivered_at, e.acknowledged_at = r.delivered_at, r.acknowledged_at
-                if mid in seals:
-                    _fill_from_copy(e, _open_own(*seals[mid], identity, trust), "sealed")
-        else:
-            r = ins.get(mid)
-            if r is None:
-                e.on_record = False
-            else:
-                e.type, e.sender, e.recipient, e.dossier, e.state = r.type, r.sender, own_party, r.dossier, r.outcome
-                e.received_at = r.received_at
-                _fill_from_copy(e, _read_copy(r.inbox_path), "inbox")
+def _copies_tx(conn: Connection, out_ids: list[str], in_ids: list[str]) -> tuple[dict, dict]:
+    """The own sealed copies (entity, sealed_at) and the inbox paths of these messages."""
+    seals: dict[str, tuple[bytes, datetime]] = {}
+    inbox: dict[str, str | None] = {}
+    for chunk in _chunks(out_ids):
+        seals.update((r.message_id, (bytes(r.entity), r.sealed_at)) for r in conn.execute(
+            select(sealed.c.message_id, sealed.c.entity, sealed.c.sealed_at).where(sealed.c.message_id.in_(chunk))))
+    for chunk in _chunks(in_ids):
+        inbox.update((mid, path) for mid, path in conn.execute(
+            select(inbound.c.message_id, inbound.c.inbox_path).where(inbound.c.message_id.in_(chunk))))
+    return seals, inbox
+
+
+def _build(indexed: list[Any], seals: dict, inbox: dict, dates: dict, *, identity: Any, trust: Any,
+           parties: Any, own_party: str) -> list[Entry]:
+    """Entries from ``Store.subjects_messages`` rows (each message once); runs in a thread: opening sealed
+    copies is CPU work."""
+    entries: dict[tuple[str, str], Entry] = {}
+    for r in indexed:
+        key = (r.direction, r.message_id)
+        if key in entries:  # indexed twice (two subject rows): one entry, erased if either says so
+            entries[key].erased_at = entries[key].erased_at or r.erased_at
+            continue
+        e = entries[key] = Entry(r.direction, r.message_id, type=r.type, sender=r.sender,
+                                 recipient=r.recipient if r.direction == "outbound" else own_party,
+                                 dossier=r.dossier, state=r.state, created_at=r.created_at,
+                                 received_at=r.received_at, sent_at=r.sent_at, delivered_at=r.delivered_at,
+                                 acknowledged_at=r.acknowledged_at, erased_at=r.erased_at,
+                                 kept_dates=dates.get(key, []))
+        e.on_record = r.state is not None  # the outer join found no message row: purged
+        if not e.on_record:
+            e.recipient = None
+        elif r.direction == "outbound" and r.message_id in seals:
+            _fill_from_copy(e, _open_own(*seals[r.message_id], identity, trust), "sealed")
+        elif r.direction == "inbound":
+            _fill_from_copy(e, _read_copy(inbox.get(r.message_id)), "inbox")
         if e.source == "type":
             e.sections = list(TYPE_SECTIONS.get(e.type or "", ()))
         e.sender_name, e.recipient_name = party_name(parties, e.sender), party_name(parties, e.recipient)
-        entries.append(e)
-    return entries
+    return list(entries.values())
+
+
+async def _kept_dates(store: Store, indexed: list[Any]) -> dict[tuple[str, str], list[str]]:
+    """(direction, id) -> the detention dates kept for the chain's deadlines (``Store.deadline_facts``)."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for direction in ("outbound", "inbound"):
+        ids = [r.message_id for r in indexed if r.direction == direction]
+        for mid, facts in (await store.deadline_facts(direction, ids)).items():
+            kept = [name for name in _FACT_LABELS if getattr(facts, name, None) is not None]
+            if kept:
+                out[(direction, mid)] = kept
+    return out
 
 
 async def access_report(store: Store, *, subject: str, bsn: str, officer: str, identity: Any, trust: Any,
                         parties: Any, own_party: str, origin: str, now: datetime | None = None) -> AccessReport:
     """The art. 13.3 overview of ``subject`` (audited as ``subject.access``; ``bsn`` only to show it masked)."""
-    rows, outs, seals, ins = await store.run_read(_facts_tx, subject)
-    entries = await asyncio.to_thread(_build, rows, outs, seals, ins, identity=identity, trust=trust,
+    indexed = await store.subjects_messages(subject)
+    seals, inbox = await store.run_read(_copies_tx, [r.message_id for r in indexed if r.direction == "outbound"],
+                                        [r.message_id for r in indexed if r.direction == "inbound"])
+    dates = await _kept_dates(store, indexed)
+    entries = await asyncio.to_thread(_build, indexed, seals, inbox, dates, identity=identity, trust=trust,
                                       parties=parties, own_party=own_party)
     report = AccessReport(subject[:16], masked(bsn), now or datetime.now(timezone.utc), officer, own_party,
                           party_name(parties, own_party), entries)
@@ -423,8 +481,12 @@ def _party(code: str | None, name: str | None) -> str:
 def _categories(e: Entry) -> str:
     items = "".join(f"<li>{escape(SECTIONS.get(s, (s, ''))[0])} <span class='small'>({escape(s)}; cat. "
                     f"{escape(SECTIONS.get(s, ('', '?'))[1])})</span></li>" for s in e.sections)
-    if not items:
+    if not e.sections:
         items = "<li>niet bekend: het bericht is niet gelezen en het berichttype is onbekend</li>"
+    if e.kept_dates:
+        items += ("<li>Bewaard voor de bewaking van de termijnen: "
+                  + escape(", ".join(_FACT_LABELS[k] for k in e.kept_dates)) + " <span class='small'>(cat. m (B))"
+                  "</span></li>")
     note = escape(SOURCE_LABELS[e.source])
     if e.erased_at is not None:
         note += f"; afgeschermd op {_when(e.erased_at)}"
@@ -502,11 +564,13 @@ class PdfError(RuntimeError):
 
 
 def chromium_binary() -> str:
-    """``NAZORG_CHROMIUM`` or the first of chromium / chromium-browser on PATH."""
-    for candidate in (os.environ.get("NAZORG_CHROMIUM"), "chromium", "chromium-browser"):
-        if candidate and (found := shutil.which(candidate)):
+    """``NAZORG_CHROMIUM`` when set, else the first of chromium / chromium-browser on PATH."""
+    chosen = os.environ.get("NAZORG_CHROMIUM")
+    for candidate in ([chosen] if chosen else ["chromium", "chromium-browser"]):
+        if found := shutil.which(candidate):
             return found
-    raise PdfError("no headless Chromium found (install Debian's chromium, or set NAZORG_CHROMIUM)")
+    raise PdfError(f"no headless Chromium found ({'NAZORG_CHROMIUM names no program' if chosen else ''}"
+                   f"{'' if chosen else 'install Debian package chromium, or set NAZORG_CHROMIUM'})")
 
 
 def render_pdf(html: str, out: Path, *, timeout: float = 90.0) -> None:
@@ -557,6 +621,7 @@ class EraseItem:
     quarantine: str | None = None
     inbox: str | None = None
     erased_at: datetime | None = None
+    dates: bool = False  #: a deadline_facts row with detention dates
 
     @property
     def in_flight(self) -> bool:
@@ -569,7 +634,8 @@ class ErasePlan:
     include_inbox: bool
     items: list[EraseItem] = field(default_factory=list)
     done: bool = False  #: the erasure ran (False: a plan, or refused)
-    removed: dict[str, int] = field(default_factory=lambda: {"spool": 0, "sealed": 0, "quarantine": 0, "inbox": 0})
+    removed: dict[str, int] = field(default_factory=lambda: {"spool": 0, "sealed": 0, "quarantine": 0, "inbox": 0,
+                                                             "dates": 0})
 
     @property
     def in_flight(self) -> list[EraseItem]:
@@ -579,7 +645,7 @@ class ErasePlan:
         """What is still kept, per kind (the inbox only counted when it is to be removed)."""
         return {"spool": sum(i.spool is not None for i in self.items), "sealed": sum(i.sealed for i in self.items),
                 "quarantine": sum(i.quarantine is not None for i in self.items),
-                "inbox": sum(i.inbox is not None for i in self.items)}
+                "inbox": sum(i.inbox is not None for i in self.items), "dates": sum(i.dates for i in self.items)}
 
     def result(self) -> str:
         if self.in_flight:
@@ -598,18 +664,21 @@ class ErasePlan:
 
 
 def _plan_tx(conn: Connection, subject: str, include_inbox: bool) -> ErasePlan:
-    rows, outs, seals, ins = _facts_tx(conn, subject)
+    found = _facts_tx(conn, subject)
     plan = ErasePlan(subject[:16], include_inbox)
-    for direction, mid, erased_at in rows:
+    for direction, mid, erased_at in found.rows:
+        dates = (direction, mid) in found.dates
         if direction == "outbound":
-            r = outs.get(mid)
+            r = found.outs.get(mid)
             plan.items.append(EraseItem(direction, mid, r.type if r else None, r.state if r else None,
-                                        spool=r.spool_path if r else None, sealed=mid in seals, erased_at=erased_at))
+                                        spool=r.spool_path if r else None, sealed=mid in found.seals,
+                                        erased_at=erased_at, dates=dates))
         else:
-            r = ins.get(mid)
+            r = found.ins.get(mid)
             plan.items.append(EraseItem(direction, mid, r.type if r else None, r.outcome if r else None,
                                         quarantine=r.quarantine_path if r else None,
-                                        inbox=r.inbox_path if r and include_inbox else None, erased_at=erased_at))
+                                        inbox=r.inbox_path if r and include_inbox else None, erased_at=erased_at,
+                                        dates=dates))
     return plan
 
 
@@ -653,6 +722,9 @@ def _erase_tx(conn: Connection, store: Store, subject: str, include_inbox: bool,
             plan.removed["inbox"] += _unlink(x)
             _unlink(x.with_suffix(".json"))  # a .json without its .xml is no message: both go
             conn.execute(update(inbound).where(inbound.c.message_id == item.message_id).values(inbox_path=None))
+        if item.dates:  # detention dates read from the message (cat. m, special data): shielded with it
+            plan.removed["dates"] += conn.execute(delete(deadline_facts).where(
+                deadline_facts.c.direction == item.direction, deadline_facts.c.message_id == item.message_id)).rowcount
     conn.execute(update(subject_index).where(si.subject == subject, si.erased_at.is_(None)).values(erased_at=now))
     for item in plan.items:
         item.erased_at = item.erased_at or now

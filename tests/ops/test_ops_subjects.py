@@ -8,15 +8,19 @@ import json
 import logging
 import sqlite3
 
+from datetime import date
+
 import pytest
 import structlog
 from lxml import etree
+from sqlalchemy import insert
 
 from gateway.ops.audit import verify, write_checkpoint
 from gateway.ops.subjects import (TYPE_SECTIONS, InvalidBsn, OfficerRefused, access_report, check_bsn,
                                   check_officer, erase, plan_erase, render_html, subject_of)
 from gateway.privacy import subject_hash
 from gateway.store import State
+from gateway.store.schema import deadline_facts
 from ops_web_support import PASSWORDS, web_config, web_secrets, web_setup, web_store, web_template  # noqa: F401
 from test_ops_cli_support import run_cli
 from test_ops_subjects_support import ANNA, BERT, NOBODY, arrived, outbound, settle
@@ -42,6 +46,12 @@ async def people(web_store, web_config, web_secrets):
                                "gemeente:0599", BERT)
     await settle(web_store, b_melding, State.ACKNOWLEDGED)
     return dict(a_basis=a_basis, a_melding=a_melding, a_in=a_in, a_refused=a_refused, b_melding=b_melding)
+
+
+async def kept_dates(store, mid: str) -> None:
+    """The detention dates the pick-up keeps for the chain's deadlines (deadline_facts)."""
+    row = dict(direction="outbound", message_id=mid, start=date(2025, 9, 15), status="preventiefGehecht")
+    await store.run_write(lambda conn: conn.execute(insert(deadline_facts).values(**row)))
 
 
 def officer_env(monkeypatch, name: str = "otto") -> None:
@@ -104,6 +114,7 @@ async def test_the_overview_lists_exactly_the_subjects_messages_with_categories_
     for heading in ("a. Doeleinden", "b. Gegevens en categorieën", "c. Ontvangers", "d. Herkomst"):
         assert heading in html
     assert "PI Vught" in html and "Rotterdam" in html and "binnen twee werkdagen" in html
+    assert "Bewaard voor de bewaking van de termijnen" not in html  # no deadline facts kept for these
 
     audit = await web_store.audit_rows(5, object=subject_of(key, ANNA)[:16])
     assert [(a["action"], a["result"], a["actor"]) for a in audit] == \
@@ -126,12 +137,18 @@ async def test_erase_removes_the_copies_keeps_metadata_and_audit_and_is_idempote
     quarantined = rows(web_config, "SELECT quarantine_path FROM inbound WHERE message_id = ?", people["a_refused"])[0][0]
     inbox_copy = rows(web_config, "SELECT inbox_path FROM inbound WHERE message_id = ?", people["a_in"])[0][0]
     assert (spool / f"{people['a_melding']}.xml").exists()  # failed: its spool copy is still there
+    await kept_dates(web_store, people["a_basis"])
+    await kept_dates(web_store, people["b_melding"])
+    before = await access_report(web_store, subject=anna, bsn=ANNA, officer="otto", identity=web_secrets.identity,
+                                 trust=web_secrets.trust, parties=web_config.parties(),
+                                 own_party=str(web_config.party.party), origin="test")
+    assert "Bewaard voor de bewaking van de termijnen: aanvang detentie, status" in render_html(before)
     await write_checkpoint(web_store, web_secrets.identity)
 
     plan = await plan_erase(web_store, anna)
-    assert plan.holds() == {"spool": 2, "sealed": 2, "quarantine": 1, "inbox": 0} and not plan.in_flight
+    assert plan.holds() == {"spool": 2, "sealed": 2, "quarantine": 1, "inbox": 0, "dates": 1} and not plan.in_flight
     done = await erase(web_store, anna, actor="otto", origin="test")
-    assert done.done and done.removed == {"spool": 2, "sealed": 2, "quarantine": 1, "inbox": 0}
+    assert done.done and done.removed == {"spool": 2, "sealed": 2, "quarantine": 1, "inbox": 0, "dates": 1}
 
     for mid in (people["a_basis"], people["a_melding"]):
         assert not (spool / f"{mid}.xml").exists()
@@ -152,7 +169,7 @@ async def test_erase_removes_the_copies_keeps_metadata_and_audit_and_is_idempote
         == [(1,)]
 
     again = await erase(web_store, anna, actor="otto", origin="test")  # idempotent
-    assert again.done and again.removed == {"spool": 0, "sealed": 0, "quarantine": 0, "inbox": 0}
+    assert again.done and again.removed == {"spool": 0, "sealed": 0, "quarantine": 0, "inbox": 0, "dates": 0}
     with_inbox = await erase(web_store, anna, actor="otto", origin="test", include_inbox=True)
     assert with_inbox.removed["inbox"] == 1 and not Path(inbox_copy).exists()
 
@@ -161,7 +178,7 @@ async def test_erase_removes_the_copies_keeps_metadata_and_audit_and_is_idempote
     audit = [(a["action"], a["object"], a["result"]) for a in await web_store.audit_rows(20)
              if a["action"] == "subject.erase"]
     assert audit[-1] == ("subject.erase", anna[:16],
-                         "messages=4 removed spool=2 sealed=2 quarantine=1 inbox=0")
+                         "messages=4 removed spool=2 sealed=2 quarantine=1 inbox=0 dates=1")
     assert len(audit) == 3
 
     # after the erasure the overview says no readable copy is left and gives the type's categories
@@ -170,6 +187,8 @@ async def test_erase_removes_the_copies_keeps_metadata_and_audit_and_is_idempote
                                 own_party=str(web_config.party.party), origin="test")
     basis = next(e for e in after.entries if e.message_id == people["a_basis"])
     assert basis.source == "type" and basis.sections == list(TYPE_SECTIONS["basisdocument"]) and basis.erased_at
+    assert basis.kept_dates == [] and rows(web_config, "SELECT message_id FROM deadline_facts") == \
+        [(people["b_melding"],)]  # Bert's dates stay
     assert "geen leesbare kopie meer" in render_html(after)
 
 
@@ -231,6 +250,10 @@ async def test_the_cli_writes_html_json_and_a_pdf_for_an_officer(people, web_con
     assert oct(html.stat().st_mode & 0o777) == "0o600"
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF-") and b"/Type /Page" in data and oct(pdf.stat().st_mode & 0o777) == "0o600"
+    monkeypatch.setenv("NAZORG_CHROMIUM", str(tmp_path / "no-such-browser"))
+    done = await run_cli("subject-access", "-c", str(web_config.path), "--bsn", ANNA, "--officer", "otto",
+                         "--pdf", str(tmp_path / "other.pdf"))
+    assert done.returncode == 2 and "no headless Chromium" in done.stderr and not (tmp_path / "other.pdf").exists()
 
 
 async def test_the_cli_refuses_who_is_not_an_officer_and_audits_it(people, web_config, web_secrets, monkeypatch):
@@ -277,3 +300,39 @@ async def test_the_cli_erase_asks_refuses_in_flight_and_erases(people, web_store
     assert done.returncode == 0 and json.loads(done.stdout)["removed"]["sealed"] == 0
     actions = rows(web_config, "SELECT result FROM audit WHERE action = 'subject.erase' ORDER BY id")
     assert [r[0].split(" ")[0] for r in actions] == ["not", "refused:", "messages=5", "messages=5"]
+
+
+async def test_the_index_the_pickup_writes_is_what_access_and_erase_find(web_store, web_config, web_secrets):
+    """Through the real pick-up: the validation worker hashes the BSN with the subject key, the store keeps
+    the index row and the detention dates with the message; the overview and the erasure find them."""
+    from gateway.pipeline.pickup import Pickup
+    from gateway.pipeline.validation import ValidationPool
+    from test_ops_subjects_support import about
+
+    cfg = web_config
+    pool = ValidationPool(institutions=cfg.registries.institutions, municipalities=cfg.registries.municipalities,
+                          max_bytes=cfg.limits.max_message_bytes, workers=1, subject_key=web_secrets.subject_key)
+    try:
+        dropped = {bsn: about("01-meldingsbericht.xml", bsn) for bsn in (ANNA, BERT)}
+        for xml, mid in dropped.values():
+            (cfg.folders.outbox / f"{mid}.xml").write_bytes(xml)
+        pickup = Pickup(store=web_store, validation=pool, outbox=cfg.folders.outbox, spool=cfg.folders.spool,
+                        rejected=cfg.folders.rejected, own_party=str(cfg.party.party),
+                        max_bytes=cfg.limits.max_message_bytes, stable_after=0.0, rescan_interval=1.0,
+                        accepted=lambda _: None)
+        await pickup.scan()
+    finally:
+        pool.close()
+    anna_mid = dropped[ANNA][1]
+    assert (await web_store.get(anna_mid)).state is State.RECEIVED
+    await web_store.transition(anna_mid, State.CANCELLED, reason="test", actor="t")
+    anna = subject_of(web_secrets.subject_key, ANNA)
+    report = await access_report(web_store, subject=anna, bsn=ANNA, officer="otto", identity=web_secrets.identity,
+                                 trust=web_secrets.trust, parties=web_config.parties(),
+                                 own_party=str(web_config.party.party), origin="test")
+    assert [e.message_id for e in report.entries] == [anna_mid]
+    assert report.entries[0].kept_dates[:2] == ["start", "status"]  # aanvangDetentie and status, from pick-up
+    done = await erase(web_store, anna, actor="otto", origin="test")
+    assert done.removed["spool"] == 1 and done.removed["dates"] == 1 and done.removed["sealed"] == 0
+    assert await web_store.deadline_facts("outbound", [anna_mid]) == {}
+    assert list(await web_store.deadline_facts("outbound", [dropped[BERT][1]])) == [dropped[BERT][1]]
