@@ -117,7 +117,8 @@ class Gateway:
             pickup = Pickup(store=store, validation=validation, outbox=cfg.folders.outbox, spool=cfg.folders.spool,
                             rejected=cfg.folders.rejected, own_party=str(cfg.party.party),
                             max_bytes=cfg.limits.max_message_bytes, stable_after=cfg.limits.stable_after,
-                            rescan_interval=cfg.limits.rescan_interval, accepted=self.sealer.submit)
+                            rescan_interval=cfg.limits.rescan_interval, accepted=self.sealer.submit,
+                            name_key=secrets.subject_key)
             # finish what a crash left between committing a pick-up and moving its file BEFORE the sealer
             # looks for the spooled copies of `received` messages (else it would hold them as missing)
             await pickup.reconcile()

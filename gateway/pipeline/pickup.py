@@ -18,7 +18,9 @@ exists, is a duplicate: reported and moved to rejected/, never sent again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -42,8 +44,11 @@ PRIORITY = {"spoedontslagbericht": 30, "ontslagbericht": 20, "overdrachtsdocumen
 class Pickup:
     def __init__(self, *, store: Store, validation: ValidationPool, outbox: Path, spool: Path, rejected: Path,
                  own_party: str, max_bytes: int, stable_after: float, rescan_interval: float,
-                 accepted: Callable[[str], Awaitable[None] | None], parallel: int = 4):
+                 accepted: Callable[[str], Awaitable[None] | None], parallel: int = 4,
+                 name_key: bytes | None = None):
         self.store = store
+        #: producers may name a file after the person in it: the store keeps a keyed digest of the name
+        self._name_key = name_key
         self.validation = validation
         self.outbox, self.spool, self.rejected = outbox, spool, rejected
         self.own_party = own_party
@@ -54,13 +59,19 @@ class Pickup:
         self._parallel = asyncio.Semaphore(parallel)
         #: seconds until the earliest file that is still being written may be taken (None: none)
         self._ripe_in: float | None = None
+        #: why pick-up is paused (a full disk: nothing is taken until a retry finds room), or None
+        self.paused: str | None = None
+        self._full_now: BaseException | None = None  #: the disk-full error of the scan under way
 
     # -- the loop ---------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.reconcile()
         changed = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(stop, changed))
+        # watchfiles sets the event it is given when its task is cancelled: never hand it `stop`, or a
+        # crash of pick-up would stop the whole daemon as if asked to (exit 0, the crash unreported)
+        watching = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(watching, changed))
         stopping = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
@@ -69,10 +80,12 @@ class Pickup:
                 # events wake us early; the timeout is the safety-net rescan (events can be lost,
                 # e.g. on network file systems) or the moment the next quiet file is ripe
                 timeout = self.rescan_interval if self._ripe_in is None else min(self.rescan_interval, self._ripe_in)
-                waking = asyncio.create_task(changed.wait())
+                # paused (disk full): new files do not wake us, the next try is one rescan interval away
+                waking = asyncio.create_task(changed.wait() if self.paused is None else stop.wait())
                 await asyncio.wait({waking, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waking.cancel()
         finally:
+            watching.set()
             stopping.cancel()
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
@@ -88,6 +101,15 @@ class Pickup:
         A file is ready when it has not been modified for `stable_after` seconds (its mtime says so:
         no second look needed); `_ripe_in` says when the next one that is not ready yet will be."""
         self._ripe_in = None
+        self._full_now = None
+        finished: list[str] = []
+        if self.paused is not None:  # finish first what the full disk cut short after its commit
+            try:
+                finished = await self.reconcile()
+            except Exception as e:
+                if _no_space(e) is None:
+                    raise
+                return 0
         ripe = []
         for c in outbox_fs.candidates(self.outbox):
             age = time.time() - c.mtime_ns / 1e9
@@ -99,15 +121,36 @@ class Pickup:
         # several files at once, so validation (in worker processes) overlaps the store's commits;
         # the store arbitrates duplicates between them (same file or same id: one wins)
         results = await asyncio.gather(*(self._take_limited(name) for name in ripe))
+        if self._full_now is not None and self.paused is None:
+            # a full disk (spool, store or rejected/): take nothing more until a retry finds room; what
+            # was cut short stays where it was (the file in the outbox; a committed pick-up is finished
+            # by the retry's reconcile)
+            self.paused = _no_space(self._full_now)
+            log.error("pickup-paused", reason=self.paused, error=type(self._full_now).__name__, alert=True,
+                      retry_in=self.rescan_interval)
+        elif self._full_now is None and self.paused is not None:
+            log.warning("pickup-resumed", after=self.paused, finished=len(finished))
+            self.paused = None
+        for message_id in finished:
+            result = self._accepted(message_id)
+            if asyncio.iscoroutine(result):
+                await result
         return sum(results)
 
     async def _take_limited(self, name: str) -> int:
         async with self._parallel:
+            if self._full_now is not None:
+                return 0
             try:
                 await self.take(name)
                 return 1
             except FileNotFoundError:
                 return 0  # the producer took it back
+            except Exception as e:
+                if _no_space(e) is None:
+                    raise
+                self._full_now = e
+                return 0
 
     # -- one file ---------------------------------------------------------------------------------
 
@@ -136,8 +179,8 @@ class Pickup:
         spool_name = f"{facts.message_id}.xml"
         try:
             # the dates and subject hashes go into the same transaction: they outlive the spool copy
-            record = await self.store.accept(_new_message(facts, name, size, sha256, self.spool / spool_name),
-                                             dates=facts.dates, subjects=facts.subjects)
+            new = _new_message(facts, self.stored_name(name), size, sha256, self.spool / spool_name)
+            record = await self.store.accept(new, dates=facts.dates, subjects=facts.subjects)
         except DuplicateMessage as e:  # the store's unique indexes decide (also between concurrent takes)
             if e.kind == "same-id":
                 reason = (f"message id {facts.message_id} was already taken from another file; a corrected "
@@ -156,23 +199,31 @@ class Pickup:
         if asyncio.iscoroutine(result):
             await result
 
+    def stored_name(self, name: str) -> str:
+        return stored_file_name(name, self._name_key)
+
     async def _unfinished_refusal(self, name: str, sha256: str) -> str | None:
         """The rejected/ name of an earlier refusal of this very file that a crash stopped before the
         move (the file is back in our hands): finishing it keeps one report, not a second `NAME.1`."""
-        earlier = await self.store.last_refusal(sha256, name)
+        earlier = await self.store.last_refusal(sha256, self.stored_name(name))
         if earlier is None or not earlier.spool_path:
             return None
-        target = Path(earlier.spool_path)
-        reported = target.with_name(f"{target.name}.error.json").exists()
-        return target.name if target.parent == self.rejected and reported and not target.exists() else None
+        wanted, candidate, n = Path(earlier.spool_path).name, name, 0
+        while (self.rejected / candidate).exists() or (self.rejected / f"{candidate}.error.json").exists():
+            if self.stored_name(candidate) == wanted:
+                reported = (self.rejected / f"{candidate}.error.json").exists()
+                return candidate if reported and not (self.rejected / candidate).exists() else None
+            n += 1
+            candidate = f"{name}.{n}"
+        return None
 
     async def _reject(self, name: str, size: int, sha256: str, verdict: dict, code: str) -> None:
         if (target := await self._unfinished_refusal(name, sha256)) is None:
             target = outbox_fs.free_name(self.rejected, name)
-            await self.store.record_rejection(file_name=name, size=size, sha256=sha256,
+            await self.store.record_rejection(file_name=self.stored_name(name), size=size, sha256=sha256,
                                               declared_id=verdict.get("message_id"),
                                               declared_type=verdict.get("type"), reason=code,
-                                              rejected_path=str(self.rejected / target))
+                                              rejected_path=str(self.rejected / self.stored_name(target)))
         await asyncio.to_thread(self._file_away, name, target, dict(verdict, sha256=sha256))
         # the file's name is the producer's choice and may hold personal data: the log names its hash
         log.warning("rejected", sha256=sha256[:16], folder="rejected", declared_id=verdict.get("message_id"),
@@ -183,9 +234,9 @@ class Pickup:
                          reason: str) -> None:
         if (target := await self._unfinished_refusal(name, sha256)) is None:
             target = outbox_fs.free_name(self.rejected, name)
-            await self.store.record_duplicate(file_name=name, size=size, sha256=sha256, kind=kind,
-                                              message_id=message_id, reason=reason,
-                                              rejected_path=str(self.rejected / target))
+            await self.store.record_duplicate(file_name=self.stored_name(name), size=size, sha256=sha256,
+                                              kind=kind, message_id=message_id, reason=reason,
+                                              rejected_path=str(self.rejected / self.stored_name(target)))
         verdict = {"file": name, "valid": False, "message_id": message_id, "duplicate": kind,
                    "problems": [{"code": f"duplicate-{kind}", "message": reason, "line": None, "path": "",
                                  "value": None}]}
@@ -201,16 +252,20 @@ class Pickup:
 
     # -- after a crash ----------------------------------------------------------------------------
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> list[str]:
         """Finish what a crash left between committing a pick-up and moving its file, and between
-        proving a delivery and removing the plaintext copy."""
+        proving a delivery and removing the plaintext copy; the ids of the messages now spooled."""
+        finished = []
         for path in self.spool.glob("*.xml"):
             record = await self.store.get(path.stem)
             if record is not None and record.state in (State.DELIVERED, State.ACKNOWLEDGED):
                 outbox_fs.remove_plaintext(path)
                 log.info("spool-copy-removed", message_id=record.message_id, state=record.state.value)
+        by_stored_name: dict[str, Path] | None = None
         for p in await self.store.pending_pickups():
-            in_outbox = self.outbox / p.file_name
+            if by_stored_name is None:  # the outbox is small: its names, as the store keeps them
+                by_stored_name = {self.stored_name(f.name): f for f in self.outbox.iterdir() if f.is_file()}
+            in_outbox = by_stored_name.get(p.file_name, self.outbox / ".nazorg-no-such-file")
             in_spool = Path(p.spool_path) if p.spool_path else None
             if in_spool is not None and not in_spool.exists() and in_outbox.exists() \
                     and _sha256_file(in_outbox) == p.sha256:
@@ -225,6 +280,17 @@ class Pickup:
                 action = "nothing-left-to-do"
             await self.store.confirm_pickup(p.id)
             log.info("pickup-reconciled", message_id=p.message_id, action=action)
+            if in_spool is not None and in_spool.exists():
+                finished.append(p.message_id)
+        return finished
+
+
+def stored_file_name(name: str, key: bytes | None) -> str:
+    """What the store keeps of a file name: a digest (keyed with the subject key when configured), as a
+    file named after a person (`999998226.xml`) would otherwise put that person in the store."""
+    raw = name.encode("utf-8", "surrogateescape")
+    digest = hmac.new(key, raw, hashlib.sha256) if key is not None else hashlib.sha256(b"nazorg file name\0" + raw)
+    return "name:" + digest.hexdigest()[:32]
 
 
 def _new_message(facts: Facts, name: str, size: int, sha256: str, spool_path: Path) -> NewMessage:
@@ -232,6 +298,18 @@ def _new_message(facts: Facts, name: str, size: int, sha256: str, spool_path: Pa
                       recipient=facts.recipient, dossier=facts.dossier, replies_to=facts.replies_to,
                       supersedes=facts.supersedes, priority=PRIORITY.get(facts.type, 0), created_at=facts.created,
                       file_name=name, size=size, sha256=sha256, spool_path=str(spool_path))
+
+
+def _no_space(e: BaseException | None) -> str | None:
+    """"disk-full" when `e` (or what it wraps) says the disk or the quota is full, else None."""
+    seen = 0
+    while e is not None and seen < 5:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "disk-full"
+        if getattr(e, "sqlite_errorcode", None) == 13:  # SQLITE_FULL: "database or disk is full"
+            return "disk-full"
+        e, seen = getattr(e, "orig", None) or e.__cause__, seen + 1
+    return None
 
 
 def _sha256_file(path: Path) -> str:

@@ -90,6 +90,7 @@ async def test_a_crash_between_commit_and_move_is_finished_before_sealing(tmp_pa
     from datetime import datetime, timezone
 
     from e2e_gateway import running
+    from gateway.pipeline.pickup import stored_file_name
     from gateway.store import NewMessage
 
     cfg = open_config(make_setup(tmp_path / "gw", shared_mail_servers, mail_users))
@@ -98,7 +99,8 @@ async def test_a_crash_between_commit_and_move_is_finished_before_sealing(tmp_pa
     store = await Store.open(cfg.store.url)
     await store.accept(NewMessage(message_id=mid, type="ontslagbericht", version="1.0", sender="pi:PI-VUGHT",
                                   recipient="gemeente:0344", dossier="x", replies_to=None, supersedes=None, priority=20,
-                                  created_at=datetime.now(timezone.utc), file_name="crash.xml", size=len(data),
+                                  created_at=datetime.now(timezone.utc), size=len(data),
+                                  file_name=stored_file_name("crash.xml", cfg.check_secrets().subject_key),
                                   sha256=hashlib.sha256(data).hexdigest(),
                                   spool_path=str(cfg.folders.spool / f"{mid}.xml")))
     await store.close()

@@ -36,10 +36,10 @@ from paths import EXAMPLES
 from privacy_sweep import Needle, Sweep, get, invoke, login, personal_data, prove_it_sees
 
 PASSWORDS = {"olga": "operator-password-1", "otto": "officer-password-12"}
-#: the broken files the PI system drops: a value of the person is the reason of the refusal. Named neutrally:
-#: the store keeps the producer's file name (pickups.file_name, pickups.spool_path, messages.file_name), so a
-#: file named after the BSN puts the BSN in the store (found by this sweep; not yet fixed)
-BROKEN = {"elfproef.xml": "bsn-faalt-elfproef.xml", "datumvolgorde.xml": "geboortedatum-na-aanvang.xml"}
+#: the broken files the PI system drops: a value of the person is the reason of the refusal. One is named
+#: after its BSN, as a careless producer might: the store keeps only a keyed digest of file names (this
+#: sweep found the names in the store; pickup.stored_name since)
+BROKEN = {"999998226.xml": "bsn-faalt-elfproef.xml", "datumvolgorde.xml": "geboortedatum-na-aanvang.xml"}
 DEBUG = {'log_level = "info"': 'log_level = "debug"',  # every line the code can write is swept
          'lease = "11s"': 'lease = "11s"\nvalidation_workers = 1'}
 

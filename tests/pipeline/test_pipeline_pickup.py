@@ -136,7 +136,7 @@ async def test_crash_between_commit_and_move_is_reconciled(config, store, pickup
     await store.accept(NewMessage(message_id=mid, type="ontslagbericht", version="1.0", sender="pi:PI-VUGHT",
                                   recipient="gemeente:0344", dossier="x", replies_to=None, supersedes=None,
                                   priority=20, created_at=__import__("datetime").datetime.now(
-                                      __import__("datetime").timezone.utc), file_name="crash.xml", size=len(data),
+                                      __import__("datetime").timezone.utc), file_name=pickup.stored_name("crash.xml"), size=len(data),
                                   sha256=hashlib.sha256(data).hexdigest(),
                                   spool_path=str(config.folders.spool / f"{mid}.xml")))
     await pickup.reconcile()
@@ -144,6 +144,24 @@ async def test_crash_between_commit_and_move_is_reconciled(config, store, pickup
     assert (config.folders.spool / f"{mid}.xml").read_bytes() == data
     assert await store.pending_pickups() == []
     assert await pickup.scan() == 0 and taken == []
+
+
+async def test_the_store_keeps_no_producers_file_name(config, store, pickup, taken):
+    """A careless producer names files after the person (a BSN): the store keeps a keyed digest of the name,
+    for an accepted, a refused and a duplicate file alike; the reports in rejected/ still name the file."""
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    drop(config, "999998226.xml", data)
+    await pickup.scan()
+    drop(config, "999998226.xml", data)  # again: a duplicate
+    await pickup.scan()
+    drop(config, "999998238.xml", (EXAMPLES / "invalid" / "aanmaaktijdstip-zonder-tijdzone.xml").read_bytes())
+    await pickup.scan()
+    assert taken == [mid]
+    assert json.loads((config.folders.rejected / "999998238.xml.error.json").read_text())["file"] == "999998238.xml"
+    await store.close()
+    raw = b"".join(p.read_bytes() for p in config.store.sqlite_path.parent.glob(config.store.sqlite_path.name + "*"))
+    assert b"99999822" not in raw and b"99999823" not in raw
+    assert pickup.stored_name("999998226.xml").encode() in raw
 
 
 @pytest.mark.parametrize("second_drop", [False, True], ids=["crashed-filing", "refiled-after-success"])
