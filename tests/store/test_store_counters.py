@@ -50,6 +50,8 @@ async def test_counters_follow_every_accept_transition_and_delete(store, make, s
         await store.transition(mid, State.CANCELLED, actor="t", expect=State.QUEUED)
     assert kept(sql) == counted(sql)
     assert sum(n for *_, n in kept(sql)[0]) == 60 and len(kept(sql)[1]) >= 2
+    per_state = dict(sql("SELECT state, count(*) FROM messages GROUP BY state"))
+    assert {s.value: n for s, n in (await store.counts()).items() if n} == per_state
 
     def purge_some(conn):  # as the retention purge does
         for table in (sealed, receipts, transitions, pickups, messages):
