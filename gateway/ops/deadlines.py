@@ -17,7 +17,9 @@ so a new start or release date moves the due dates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -47,10 +49,12 @@ def holiday_name(d: date) -> str | None:
     return _holidays(d.year).get(d)
 
 
+@lru_cache(maxsize=8192)
 def is_working_day(d: date) -> bool:
     return d.weekday() < 5 and holiday_name(d) is None
 
 
+@lru_cache(maxsize=16384)  # dossiers share start and receipt days: at scale most calls are repeats
 def add_working_days(start: date, n: int) -> date:
     """The n-th working day after ``start`` (``start`` itself never counts)."""
     d = start
@@ -165,16 +169,17 @@ class Dossier:
 
 def current_facts(events: Iterable[Event]) -> Facts:
     """Facts of the newest messages not superseded by another; each fact from the newest that states it."""
-    events = list(events)
+    events = sorted(events, key=lambda e: e.created_at, reverse=True)
     superseded = {e.supersedes for e in events if e.supersedes}
-    facts = Facts()
-    for e in sorted(events, key=lambda e: e.created_at, reverse=True):
-        if e.facts is not None and e.message_id not in superseded:
-            facts = facts.merged(e.facts)
-    for e in sorted(events, key=lambda e: e.created_at, reverse=True):  # superseded ones fill what is left
-        if e.facts is not None and e.message_id in superseded:
-            facts = facts.merged(e.facts)
-    return facts
+    values: list = [None] * 5
+    # the ones not superseded first, newest first; superseded ones fill what is left
+    current = [e for e in events if e.message_id not in superseded]
+    for e in current + [e for e in events if e.message_id in superseded]:
+        if e.facts is not None:
+            for k, v in enumerate(_astuple(e.facts)):
+                if values[k] is None:
+                    values[k] = v
+    return Facts(*values)
 
 
 def long_stay(f: Facts) -> bool | None:
@@ -260,35 +265,27 @@ def step_of(dossier: Dossier, mtype: str) -> Step | None:
 _FACT_COLUMNS = ("start", "status", "expected_release", "verdict", "release_day")
 
 
-def _rows(conn, dossiers: list[str] | None):
-    """Outbound and inbound rows, each with its ``deadline_facts`` row when there is one (outer join;
-    ``has_facts`` None: a message stored before migration 4, whose facts only its XML holds)."""
+def _queries(dossiers: list[str] | None):
+    """Outbound and inbound rows in dossier order, each with its ``deadline_facts`` row when there is one
+    (outer join; the first date column None: a message stored before migration 4, whose XML holds its facts)."""
     from sqlalchemy import and_, select
 
     from gateway.store.schema import deadline_facts, inbound, messages
 
     m, i, d = messages.c, inbound.c, deadline_facts.c
     dates = [d[name] for name in _FACT_COLUMNS]
-    out_q = (select(m.message_id, m.type, m.dossier, m.created_at, m.sent_at, m.delivered_at, m.acknowledged_at,
-                    m.supersedes, m.spool_path, m.sender, m.recipient, d.message_id.label("has_facts"), *dates)
+    out_q = (select(m.dossier, m.message_id, m.type, m.created_at, m.sent_at, m.delivered_at, m.acknowledged_at,
+                    m.supersedes, m.spool_path, m.sender, m.recipient, d.message_id, *dates)
              .select_from(messages.outerjoin(deadline_facts, and_(d.direction == "outbound",
                                                                   d.message_id == m.message_id)))
-             .where(m.state != "cancelled"))
-    in_q = (select(i.message_id, i.type, i.dossier, i.received_at, i.inbox_path, i.sender,
-                   d.message_id.label("has_facts"), *dates)
+             .where(m.state != "cancelled").order_by(m.dossier))
+    in_q = (select(i.dossier, i.message_id, i.type, i.received_at, i.inbox_path, i.sender, d.message_id, *dates)
             .select_from(inbound.outerjoin(deadline_facts, and_(d.direction == "inbound",
                                                                 d.message_id == i.message_id)))
-            .where(i.outcome == "accepted", i.dossier.is_not(None)))
+            .where(i.outcome == "accepted", i.dossier.is_not(None)).order_by(i.dossier))
     if dossiers is not None:
         out_q, in_q = out_q.where(m.dossier.in_(dossiers)), in_q.where(i.dossier.in_(dossiers))
-    return conn.execute(out_q).all(), conn.execute(in_q).all()
-
-
-def _facts(row, path: str | None) -> Facts | None:
-    """The stored facts of a row; the XML's only for a message stored before they were kept."""
-    if row.has_facts is not None:
-        return Facts(row.start, row.status, row.expected_release, row.verdict, row.release_day)
-    return read_facts(path)
+    return out_q, in_q
 
 
 def _split(a: str | None, b: str | None) -> tuple[str | None, str | None]:
@@ -297,39 +294,74 @@ def _split(a: str | None, b: str | None) -> tuple[str | None, str | None]:
     return pi, next((p for p in (a, b) if p and p != pi), None)
 
 
+def event_stream(conn, dossiers: list[str] | None = None) -> Iterator[tuple[str, list[Event]]]:
+    """(dossier, its messages) in dossier order, outbound not cancelled and inbound accepted, each with the
+    facts kept for it; on a reader connection (``store.read_query``), in chunks: one dossier's events at a
+    time are in memory, not a million rows (measured: the whole list at 200k messages took 700 MB)."""
+    parties: dict[tuple, tuple] = {}  # a handful of (sender, recipient) pairs
+
+    def split(a: str | None, b: str | None) -> tuple[str | None, str | None]:
+        got = parties.get((a, b))
+        if got is None:
+            got = parties[(a, b)] = _split(a, b)
+        return got
+
+    def stored(values: tuple, path: str | None) -> Facts | None:
+        if values[0] is None:  # no deadline_facts row: a message from before migration 4
+            return read_facts(path)
+        return Facts(*values[1:])
+
+    def outbound(rows) -> Iterator[tuple[str, Event]]:
+        for (dossier, mid, mtype, created, sent, delivered, acked, supersedes, spool, sender, recipient,
+             *values) in rows:
+            pi, town = split(sender, recipient)
+            yield dossier, Event(mid, mtype, created, sent, acked or delivered, supersedes,
+                                 stored(tuple(values), spool), pi, town, acked is not None)
+
+    def inbound(rows) -> Iterator[tuple[str, Event]]:
+        for dossier, mid, mtype, received, inbox_path, sender, *values in rows:
+            pi, town = split(sender, None)
+            yield dossier, Event(mid, mtype or "", received, received, received, None,
+                                 stored(tuple(values), inbox_path), pi, town, True)
+
+    out_q, in_q = _queries(dossiers)
+    out_rows = conn.execute(out_q.execution_options(yield_per=5000))
+    in_rows = conn.execute(in_q.execution_options(yield_per=5000))
+    try:
+        merged = heapq.merge(outbound(out_rows), inbound(in_rows), key=lambda pair: pair[0])
+        for dossier, pairs in itertools.groupby(merged, key=lambda pair: pair[0]):
+            yield dossier, [event for _, event in pairs]
+    finally:
+        out_rows.close()
+        in_rows.close()
+
+
 async def load_events(store, dossiers: Iterable[str] | None = None) -> dict[str, list[Event]]:
     """Every message per dossier (outbound not cancelled, inbound accepted), with the facts kept for it."""
-    import asyncio
-
     wanted = None if dossiers is None else list(dossiers)
-    outbound, inbound_rows = await store.read_query(_rows, wanted)
-
-    def build() -> dict[str, list[Event]]:
-        by: dict[str, list[Event]] = {}
-        for r in outbound:
-            pi, town = _split(r.sender, r.recipient)
-            by.setdefault(r.dossier, []).append(Event(
-                r.message_id, r.type, r.created_at, r.sent_at, r.acknowledged_at or r.delivered_at, r.supersedes,
-                _facts(r, r.spool_path), pi, town, r.acknowledged_at is not None))
-        for r in inbound_rows:
-            pi, town = _split(r.sender, None)
-            by.setdefault(r.dossier, []).append(Event(
-                r.message_id, r.type or "", r.received_at, r.received_at, r.received_at, None,
-                _facts(r, r.inbox_path), pi, town, True))
-        return by
-
-    return await asyncio.to_thread(build)
+    return await store.read_query(lambda conn: dict(event_stream(conn, wanted)))
 
 
 async def load_dossiers(store, today: date, dossiers: Iterable[str] | None = None) -> list[Dossier]:
     """Each dossier's chain with due dates and whether they were met, sorted by dossier reference."""
-    import asyncio
+    wanted = None if dossiers is None else list(dossiers)
+    # on the reader thread, one dossier at a time: at a million messages this is seconds of Python
+    return await store.read_query(
+        lambda conn: [dossier_steps(d, evs, today) for d, evs in event_stream(conn, wanted)])
 
-    events = await load_events(store, dossiers)
-    # in a thread: at a million messages this is seconds of Python the event loop must not wait for
-    return await asyncio.to_thread(lambda: [dossier_steps(d, evs, today) for d, evs in sorted(events.items())])
+
+def alerts_tx(conn, today: date, dossiers: list[str] | None = None) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Per dossier with an alert, its alerting steps as (status, step type) pairs (``Step.alert``); on a
+    reader connection. What the metrics count, without keeping any dossier's chain in memory."""
+    out = {}
+    shared: dict[tuple, tuple] = {}  # few distinct combinations: one object each, not one per dossier
+    for dossier, events in event_stream(conn, dossiers):
+        alerts = tuple((s.status, s.step) for s in dossier_steps(dossier, events, today).steps if s.alert)
+        if alerts:
+            out[dossier] = shared.setdefault(alerts, alerts)
+    return out
 
 
 __all__ = ["AMSTERDAM", "DUE_SOON_DAYS", "STEPS", "Dossier", "Event", "Facts", "Step", "add_working_days",
-           "current_facts", "dossier_steps", "facts_of", "holiday_name", "is_working_day", "local_date",
-           "long_stay", "load_dossiers", "read_facts", "step_of"]
+           "alerts_tx", "current_facts", "dossier_steps", "event_stream", "facts_of", "holiday_name",
+           "is_working_day", "local_date", "long_stay", "load_dossiers", "read_facts", "step_of"]

@@ -2,13 +2,14 @@
 
 Everything is computed from the store at the moment of asking, so the figures are the same
 whichever process asks (the daemon, a standalone dashboard) and survive restarts. Each call
-renders into a fresh ``CollectorRegistry``: no module-level metric objects, no global state.
+renders into a fresh ``CollectorRegistry``: no module-level metric objects, no global state
+but the deadline alerts kept per open store (below).
 Aggregates only: states, types, party codes, reasons (the rule's name), never content.
 
 The chain's deadline alerts (steps overdue, due soon, or done late; ``deadlines.py``) need every
-dossier's messages: at a million messages that is seconds of work, so they are computed at most
-once a minute per store (``DEADLINE_CACHE_SECONDS``; concurrent scrapes share one computation) and
-labelled by step type and status only (no dossier, no person).
+dossier's messages: at a million messages that is half a minute of CPU, so they are kept per store
+and brought up to date at most once a minute from the dossiers that changed (``deadline_alerts``),
+and labelled by step type and status only (no dossier, no person).
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import structlog
 from cryptography import x509
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import Connection, func, select
 
-from gateway.ops.deadlines import STEPS, load_dossiers, local_date
+from gateway.ops.deadlines import STEPS, alerts_tx, local_date
 from gateway.store import State, Store
-from gateway.store.schema import messages, pickups, receipts, transitions
+from gateway.store.schema import inbound, messages, pickups, receipts, transitions
+
+log = structlog.get_logger(__name__)
 
 __all__ = ["ALERT_STATUSES", "BUCKETS", "DEADLINE_CACHE_SECONDS", "CertificateInfo", "Figures", "certificates",
            "deadline_alerts", "gather", "render"]
@@ -44,8 +48,15 @@ PENDING = frozenset({State.RECEIVED, State.HELD, State.QUEUED, State.SENDING, St
 QUEUE = frozenset({State.QUEUED, State.RETRY_WAIT, State.SENDING})
 #: the statuses of a chain step that are an alert (``deadlines.Step.alert``), each a gauge value per step
 ALERT_STATUSES = ("overdue", "due-soon", "late")
-#: how long computed deadline alerts are served before they are computed again
+#: how long computed deadline alerts are served before the changes since are computed
 DEADLINE_CACHE_SECONDS = 60.0
+#: every dossier is computed again this often (and when the day changes), whatever changed
+DEADLINE_FULL_EVERY = 3600.0
+#: how long a scrape waits for the computation before it gets the figures there are
+DEADLINE_WAIT = 5.0
+#: how far back from the marks a refresh looks for changes (see ``_changed_tx``)
+CHANGE_MARGIN_IDS = 1000
+CHANGE_MARGIN_TIME = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -142,36 +153,96 @@ async def gather(store: Store, now: datetime | None = None, *, deadlines: bool =
 
 
 class _AlertCache:
-    """The last deadline alerts of one store, and the lock that makes concurrent scrapes share one run."""
+    """The deadline alerts of one store: per dossier with alerts its (status, step) pairs, the totals, and
+    how far the store had got when they were computed (the last transition id, the last inbound arrival)."""
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.at: float | None = None  #: time.monotonic() of the computation
-        self.today = None
-        self.alerts: dict[tuple[str, str], int] = {}
+        self.task: asyncio.Task | None = None  #: the computation running now
+        self.at: float | None = None  #: time.monotonic() of the last computation (whole or of changes)
+        self.full_at: float | None = None  #: ... of the last one over every dossier
+        self.today: date | None = None
+        self.marks: tuple[int | None, datetime | None] | None = None
+        self.per_dossier: dict[str, tuple[tuple[str, str], ...]] = {}
+        self.totals: dict[tuple[str, str], int] = {}
 
 
 #: per open store; weak, so a closed and dropped store takes its cache with it
 _ALERTS: weakref.WeakKeyDictionary[Store, _AlertCache] = weakref.WeakKeyDictionary()
 
 
-async def deadline_alerts(store: Store, now: datetime | None = None, *,
-                          max_age: float = DEADLINE_CACHE_SECONDS) -> dict[tuple[str, str], int]:
-    """Chain steps per (status, step type) for the alert statuses, every pair present.
+async def deadline_alerts(store: Store, now: datetime | None = None, *, max_age: float = DEADLINE_CACHE_SECONDS,
+                          wait: float = DEADLINE_WAIT) -> dict[tuple[str, str], int]:
+    """Chain steps per (status, step type) for the alert statuses, every pair present; {} before the first
+    computation has finished.
 
-    Served from a cache younger than ``max_age`` seconds (and of the same day); else computed
-    from ``deadlines.load_dossiers`` once, however many scrapes wait for it."""
+    Older than ``max_age`` seconds, the figures are brought up to date in one task however many scrapes
+    ask: only the dossiers whose messages changed since (transitions, arrivals) are computed again; every
+    dossier when the day changed (due dates turn overdue by the calendar) or once an hour. A scrape waits
+    at most ``wait`` seconds for it, then gets the figures it has (a full run at a million messages takes
+    longer than a scraper waits)."""
     today = local_date(now or datetime.now(timezone.utc))
     cache = _ALERTS.setdefault(store, _AlertCache())
-    async with cache.lock:
-        if cache.at is None or cache.today != today or time.monotonic() - cache.at >= max_age:
-            counts = dict.fromkeys(((status, step) for status in ALERT_STATUSES for step in STEPS), 0)
-            for dossier in await load_dossiers(store, today):
-                for step in dossier.steps:
-                    if step.alert:
-                        counts[(step.status, step.step)] = counts.get((step.status, step.step), 0) + 1
-            cache.alerts, cache.today, cache.at = counts, today, time.monotonic()
-        return dict(cache.alerts)
+    stale = cache.at is None or cache.today != today or time.monotonic() - cache.at >= max_age
+    if cache.task is None and stale:
+        cache.task = asyncio.create_task(_refresh(store, cache, today))
+        cache.task.add_done_callback(lambda task: _refreshed(cache, task))
+    if cache.task is not None:
+        try:
+            await asyncio.wait_for(asyncio.shield(cache.task), wait)
+        except (asyncio.TimeoutError, Exception):  # a failure is logged by _refreshed; the last figures stay
+            pass
+    return dict(cache.totals)
+
+
+def _refreshed(cache: _AlertCache, task: asyncio.Task) -> None:
+    cache.task = None
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("deadline-alerts-failed", error=type(task.exception()).__name__)
+
+
+async def _refresh(store: Store, cache: _AlertCache, today: date) -> None:
+    marks = await store.read_query(_marks_tx)  # before the computation: what changes meanwhile comes next time
+    full = cache.full_at is None or cache.today != today or time.monotonic() - cache.full_at >= DEADLINE_FULL_EVERY
+    if full:
+        started = time.monotonic()
+        cache.per_dossier = await store.read_query(alerts_tx, today)
+        cache.full_at = started
+        log.info("deadline-alerts-computed", dossiers_alerting=len(cache.per_dossier),
+                 seconds=round(time.monotonic() - started, 2))
+    else:
+        changed = sorted(await store.read_query(_changed_tx, cache.marks))
+        for start in range(0, len(changed), 500):  # bounded IN lists
+            chunk = changed[start:start + 500]
+            got = await store.read_query(alerts_tx, today, chunk)
+            for dossier in chunk:
+                cache.per_dossier.pop(dossier, None)
+            cache.per_dossier.update(got)
+    totals = dict.fromkeys(((status, step) for status in ALERT_STATUSES for step in STEPS), 0)
+    for alerts in cache.per_dossier.values():
+        for pair in alerts:
+            totals[pair] = totals.get(pair, 0) + 1
+    cache.totals, cache.marks, cache.today, cache.at = totals, marks, today, time.monotonic()
+
+
+def _marks_tx(conn: Connection) -> tuple[int | None, datetime | None]:
+    """The newest transition id and inbound arrival (primary key and index: no scan)."""
+    return (conn.execute(select(func.max(transitions.c.id))).scalar(),
+            conn.execute(select(func.max(inbound.c.received_at))).scalar())
+
+
+def _changed_tx(conn: Connection, marks: tuple[int | None, datetime | None]) -> set[str]:
+    """Dossiers with a transition or an arrival after ``marks``, with a margin back: ids and times of
+    transactions that committed out of order (PostgreSQL sequences, a clock read before the commit)
+    are caught; a dossier computed again needlessly costs nothing but time."""
+    last_id, last_arrival = marks
+    t = transitions.c
+    out = select(m.dossier).distinct().select_from(transitions.join(messages, m.message_id == t.message_id))
+    if last_id is not None:
+        out = out.where(t.id > last_id - CHANGE_MARGIN_IDS)
+    arrived = select(inbound.c.dossier).distinct().where(inbound.c.dossier.is_not(None))
+    if last_arrival is not None:
+        arrived = arrived.where(inbound.c.received_at >= last_arrival - CHANGE_MARGIN_TIME)
+    return {d for (d,) in conn.execute(out)} | {d for (d,) in conn.execute(arrived)}
 
 
 def certificates(own_cert: x509.Certificate | None, routes: Mapping[str, Any],

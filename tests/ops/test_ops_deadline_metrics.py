@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.ops import metrics
 from gateway.ops.deadlines import STEPS
+from gateway.store import State
 from ops_web_support import (PASSWORDS, web_config, web_secrets, web_server, web_setup, web_store,  # noqa: F401
                              web_template)
 from test_ops_cli_support import deliver, drop, ops_template, ops_validation, variant  # noqa: F401
@@ -49,19 +50,22 @@ async def test_overdue_steps_are_gauges_by_status_and_step(web_server, web_confi
 
     # a second dossier's release within the minute: the scrape is served from the cache ...
     other = variant("05-ontslagbericht.xml", dossierreferentie="VUG-2025-004712")
-    await drop(web_config, web_store, ops_validation, other)
+    [other_id] = await drop(web_config, web_store, ops_validation, other)
     assert gauge(await scrape(web_server), "overdue", "ontslagbericht") == 1
-    # ... and counted when the cache is renewed
+    # ... and counted when the cache is renewed (only the dossier that changed is computed again)
     assert (await metrics.deadline_alerts(web_store, max_age=0))[("overdue", "ontslagbericht")] == 2
+    # a cancelled message is no step of its dossier: that dossier's alert goes at the next refresh
+    await web_store.transition(other_id, State.CANCELLED, reason="sent by mistake", actor="olga")
+    assert (await metrics.deadline_alerts(web_store, max_age=0))[("overdue", "ontslagbericht")] == 1
 
-    # on 19 November both releases are due soon (the next day); the transfer sent after its due date is late
+    # on 19 November the release is due soon (the next day); the transfer sent after its due date is late
     await deliver(web_store, ids[0], sent_at=datetime(2026, 10, 1, 9, tzinfo=timezone.utc))
     then = datetime(2026, 11, 19, 12, tzinfo=timezone.utc)
     figures = await metrics.gather(web_store, then)  # another day: computed again whatever its age
-    assert figures.deadline_alerts[("due-soon", "ontslagbericht")] == 2
+    assert figures.deadline_alerts[("due-soon", "ontslagbericht")] == 1
     assert figures.deadline_alerts[("late", "overdrachtsdocument")] == 1
     assert figures.deadline_alerts[("overdue", "ontslagbericht")] == 0
     rendered = {(s.labels["status"], s.labels["step"]): s.value
                 for family in text_string_to_metric_families(metrics.render(figures, []).decode())
                 if family.name == FAMILY for s in family.samples}
-    assert rendered[("late", "overdrachtsdocument")] == 1 and rendered[("due-soon", "ontslagbericht")] == 2
+    assert rendered[("late", "overdrachtsdocument")] == 1 and rendered[("due-soon", "ontslagbericht")] == 1
