@@ -1,0 +1,64 @@
+"""Fixtures of the reliability suite: the private mail servers (as in tests/e2e), a size-limited file
+system mounted by the test (root), and `--soak` for the long runs made by hand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # e2e_gateway: shared by both suites
+
+from gateway.crypto.pki import DEV_PARTIES  # noqa: E402
+from mailservers import MailServers  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="reliability suite: the long runs (50,000 messages of load), by hand")
+
+
+@pytest.fixture(scope="session")
+def soak(pytestconfig) -> bool:
+    return bool(pytestconfig.getoption("--soak"))
+
+
+def mail_password(address: str) -> str:
+    return "pw-" + address.replace("@", "-at-")
+
+
+@pytest.fixture(scope="module")
+def mail_users() -> dict[str, str]:
+    return {party.email: mail_password(party.email) for party in DEV_PARTIES}
+
+
+@pytest.fixture(scope="module")
+def mail_domains(mail_users) -> list[str]:
+    return sorted({address.split("@", 1)[1] for address in mail_users})
+
+
+@pytest.fixture
+def mail_servers(mail_users, mail_domains):
+    with MailServers.temporary(mail_users, mail_domains) as servers:
+        yield servers
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a few MiB at tmp_path/disk (mounted as root, unmounted at the end); returns a function
+    mounting it with the size asked for."""
+    mounted: list[Path] = []
+
+    def mount(size_kib: int, name: str = "disk") -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k,mode=0755", "tmpfs", str(point)],
+                       check=True, capture_output=True)
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=True, capture_output=True)
