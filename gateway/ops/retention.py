@@ -42,7 +42,8 @@ from sqlalchemy import Connection, and_, delete, func, insert, select, union_all
 
 from adapters.outbox_fs import remove_plaintext
 from gateway.store import State, Store
-from gateway.store.schema import inbound, messages, monthly_figures, pickups, receipts, sealed, transitions
+from gateway.store.schema import (deadline_facts, inbound, messages, monthly_figures, pickups, receipts, sealed,
+                                  subject_index, transitions)
 
 log = structlog.get_logger(__name__)
 
@@ -189,6 +190,10 @@ def _purge_tx(conn: Connection, store: Store, plan: PurgePlan, actor: str) -> Pu
     _add_figures(conn, _figures_of(conn, plan))
     for chunk in _chunks(plan.plaintext):
         conn.execute(update(messages).where(m.message_id.in_(chunk)).values(spool_path=None))
+    for direction, ids in (("outbound", plan.messages), ("inbound", plan.inbound)):
+        for chunk in _chunks(ids):  # who and when the message was about goes with it (covenant art. 9)
+            for table in (subject_index, deadline_facts):
+                conn.execute(delete(table).where(table.c.direction == direction, table.c.message_id.in_(chunk)))
     for chunk in _chunks(plan.messages):
         for table in (sealed, receipts, transitions, pickups):
             conn.execute(delete(table).where(table.c.message_id.in_(chunk)))

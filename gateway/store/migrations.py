@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import structlog
-from sqlalchemy import (CheckConstraint, Column, Connection, Date, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+from sqlalchemy import (CheckConstraint, Column, Connection, Date, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
                         Table, Text, bindparam, func, insert, inspect, select, update)
 
 from .chain import GENESIS, row_hash
@@ -359,6 +359,59 @@ def _v5_status_counters(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
+_V6_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400, float("inf"))
+
+
+def _v6_bump(name: str, by: str = "1") -> str:
+    return (f"INSERT INTO event_counts (name, value) VALUES ({name}, {by}) "
+            f"ON CONFLICT (name) DO UPDATE SET value = value + excluded.value;")
+
+
+def _v6_latency_trigger(metric: str, stamp: str) -> str:
+    seconds = f"((julianday(NEW.{stamp}) - julianday(NEW.received_at)) * 86400.0)"
+    return (f"CREATE TRIGGER tr_messages_latency_{metric} AFTER UPDATE OF {stamp} ON messages "
+            f"WHEN OLD.{stamp} IS NULL AND NEW.{stamp} IS NOT NULL BEGIN "
+            f"UPDATE latency_buckets SET n = n + 1 WHERE metric = '{metric}' AND le >= {seconds}; "
+            f"{_v6_bump(repr(metric + '_seconds_sum'), seconds)} {_v6_bump(repr(metric + '_count'))} END")
+
+
+_V6_TRIGGERS = (
+    "CREATE TRIGGER tr_transitions_retries AFTER INSERT ON transitions WHEN NEW.to_state = 'retry_wait' "
+    f"BEGIN {_v6_bump(repr('retries'))} END",
+    "CREATE TRIGGER tr_receipts_counts AFTER INSERT ON receipts BEGIN "
+    + _v6_bump("'receipt:' || NEW.kind || ':' || NEW.verdict") + " END",
+    _v6_latency_trigger("sent", "sent_at"),
+    _v6_latency_trigger("acknowledged", "acknowledged_at"),
+)
+
+
+def _v6_metric_counters(conn: Connection) -> None:
+    """/metrics' counters and latency histograms kept by triggers (SQLite; other databases compute them at
+    each scrape), filled from what the store holds."""
+    md = MetaData()
+    Table("event_counts", md, Column("name", String, primary_key=True), Column("value", Float, nullable=False))
+    Table("latency_buckets", md, Column("metric", String, primary_key=True), Column("le", Float, primary_key=True),
+          Column("n", Integer, nullable=False))
+    md.create_all(conn)
+    if conn.dialect.name != "sqlite":
+        return
+    conn.exec_driver_sql("INSERT INTO event_counts (name, value) SELECT 'retries', count(*) FROM transitions "
+                         "WHERE to_state = 'retry_wait'")
+    conn.exec_driver_sql("INSERT INTO event_counts (name, value) SELECT 'receipt:' || kind || ':' || verdict, "
+                         "count(*) FROM receipts GROUP BY kind, verdict")
+    for metric, stamp in (("sent", "sent_at"), ("acknowledged", "acknowledged_at")):
+        seconds = f"((julianday({stamp}) - julianday(received_at)) * 86400.0)"
+        for le in _V6_BUCKETS:
+            conn.exec_driver_sql(f"INSERT INTO latency_buckets (metric, le, n) SELECT ?, ?, count(*) FROM messages "
+                                 f"WHERE {stamp} IS NOT NULL AND {seconds} <= ?", (metric, le, le))
+        conn.exec_driver_sql(f"INSERT INTO event_counts (name, value) SELECT ?, coalesce(sum({seconds}), 0) "
+                             f"FROM messages WHERE {stamp} IS NOT NULL", (f"{metric}_seconds_sum",))
+        conn.exec_driver_sql(f"INSERT INTO event_counts (name, value) SELECT ?, count(*) FROM messages "
+                             f"WHERE {stamp} IS NOT NULL", (f"{metric}_count",))
+    for ddl in _V6_TRIGGERS:
+        conn.exec_driver_sql(ddl)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
     Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
@@ -366,6 +419,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "deadline facts, subject index, status indexes", _v4_facts_subjects),
     Migration(5, "status counters kept by triggers, index for the oldest open message per destination",
               _v5_status_counters),
+    Migration(6, "metric counters and latency histograms kept by triggers", _v6_metric_counters),
 )
 
 

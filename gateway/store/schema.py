@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import (CheckConstraint, Column, Date, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+from sqlalchemy import (CheckConstraint, Column, Date, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
                         Table, Text, TypeDecorator)
 from sqlalchemy import DDL, event
 from sqlalchemy.engine import Dialect
@@ -300,6 +300,47 @@ COUNTER_TRIGGERS = (
     f"BEGIN {_ACTIVITY} END",
     "CREATE TRIGGER tr_messages_activity_update AFTER UPDATE OF sent_at, acknowledged_at ON messages "
     f"WHEN NEW.sent_at IS NOT NULL BEGIN {_ACTIVITY} END",
+)
+
+# The Prometheus counters and latency histograms of /metrics, kept by triggers (SQLite) so a scrape reads a
+# few rows instead of every message, transition and receipt: ``event_counts`` (retries, receipts by kind and
+# verdict, latency sums and counts) and ``latency_buckets`` (cumulative: n = messages whose drop -> sent or
+# drop -> acknowledged took at most ``le`` seconds; le = +Inf for all). Counters only grow: a purge keeps them.
+event_counts = Table(
+    "event_counts", metadata,
+    Column("name", String, primary_key=True),
+    Column("value", Float, nullable=False),
+)
+latency_buckets = Table(
+    "latency_buckets", metadata,
+    Column("metric", String, primary_key=True),  # sent | acknowledged
+    Column("le", Float, primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+#: the upper bounds of latency_buckets, seconds (rows for them are written by migration 6)
+LATENCY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400, float("inf"))
+
+
+def _bump(name: str, by: str = "1") -> str:
+    return (f"INSERT INTO event_counts (name, value) VALUES ({name}, {by}) "
+            f"ON CONFLICT (name) DO UPDATE SET value = value + excluded.value;")
+
+
+def _latency_trigger(metric: str, stamp: str) -> str:
+    seconds = f"((julianday(NEW.{stamp}) - julianday(NEW.received_at)) * 86400.0)"
+    return (f"CREATE TRIGGER tr_messages_latency_{metric} AFTER UPDATE OF {stamp} ON messages "
+            f"WHEN OLD.{stamp} IS NULL AND NEW.{stamp} IS NOT NULL BEGIN "
+            f"UPDATE latency_buckets SET n = n + 1 WHERE metric = '{metric}' AND le >= {seconds}; "
+            f"{_bump(repr(metric + '_seconds_sum'), seconds)} {_bump(repr(metric + '_count'))} END")
+
+
+COUNTER_TRIGGERS += (
+    "CREATE TRIGGER tr_transitions_retries AFTER INSERT ON transitions WHEN NEW.to_state = 'retry_wait' "
+    f"BEGIN {_bump(repr('retries'))} END",
+    f"CREATE TRIGGER tr_receipts_counts AFTER INSERT ON receipts BEGIN "
+    f"{_bump(chr(39) + 'receipt:' + chr(39) + ' || NEW.kind || ' + chr(39) + ':' + chr(39) + ' || NEW.verdict')} END",
+    _latency_trigger("sent", "sent_at"),
+    _latency_trigger("acknowledged", "acknowledged_at"),
 )
 for _ddl in COUNTER_TRIGGERS:
     event.listen(metadata, "after_create", DDL(_ddl).execute_if(dialect="sqlite"))

@@ -159,3 +159,19 @@ async def test_monthly_figures_survive_the_purge(store, db, history):
 def test_years_before_keeps_the_calendar():
     assert years_before(datetime(2028, 2, 29, 12), 5) == datetime(2023, 2, 28, 12)
     assert years_before(datetime(2026, 11, 30), 5) == datetime(2021, 11, 30)
+
+
+async def test_the_purge_takes_the_subject_index_and_the_dates_with_the_messages(store, db, history):
+    """Who a message was about and its detention dates go when the message goes (covenant art. 9): a subject
+    index row must not outlive the retention period of what it points at."""
+    c = sqlite3.connect(db)
+    rows = [("outbound", "old-1"), ("inbound", "in-old"), ("outbound", "mixed-1"), ("inbound", "in-mixed")]
+    c.executemany("INSERT INTO subject_index (subject, direction, message_id, recorded_at) VALUES (?, ?, ?, ?)",
+                  [("ab" * 32, d, mid, "2020-01-01 00:00:00.000000") for d, mid in rows])
+    c.executemany("INSERT INTO deadline_facts (direction, message_id, start) VALUES (?, ?, '2020-01-01')", rows)
+    c.commit()
+    c.close()
+    await purge(store)
+    kept = [("outbound", "mixed-1"), ("inbound", "in-mixed")]
+    assert sorted((r[2], r[3]) for r in dump(db)["subject_index"]) == sorted(kept)
+    assert sorted((r[0], r[1]) for r in dump(db)["deadline_facts"]) == sorted(kept)
