@@ -37,8 +37,8 @@ from gateway.store.schema import (event_counts, inbound, latency_buckets, messag
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["ALERT_STATUSES", "BUCKETS", "DEADLINE_CACHE_SECONDS", "CertificateInfo", "Figures", "certificates",
-           "deadline_alerts", "gather", "render"]
+__all__ = ["ALERT_STATUSES", "BUCKETS", "DEADLINE_CACHE_SECONDS", "CertificateInfo", "Figures", "alerting_dossiers",
+           "certificates", "deadline_alerts", "gather", "render"]
 
 m = messages.c
 #: latency buckets in seconds: from a quick relay hand-over up to the days a receipt may take
@@ -249,6 +249,12 @@ async def deadline_alerts(store: Store, now: datetime | None = None, *, max_age:
         except (asyncio.TimeoutError, Exception):  # a failure is logged by _refreshed; the last figures stay
             pass
     return dict(cache.totals)
+
+
+async def alerting_dossiers(store: Store, now: datetime | None = None) -> dict[str, tuple[tuple[str, str], ...]]:
+    """The dossiers with an alert and their (status, step) pairs, as ``deadline_alerts`` keeps them."""
+    await deadline_alerts(store, now)
+    return dict(_ALERTS[store].per_dossier)
 
 
 def _refreshed(cache: _AlertCache, task: asyncio.Task) -> None:

@@ -109,6 +109,9 @@ def make_dashboard(config, store: Store, secrets, *, clock: Clock | None = None,
         web.get("/metrics", metrics),
         web.get("/subjects", subjects_page), web.post("/subjects", subjects_page),
     ])
+    from gateway.ops.web_dossiers import add_routes as add_dossier_routes  # it uses this module's helpers
+
+    add_dossier_routes(app)
     return app
 
 
@@ -203,7 +206,8 @@ def _page(title: str, body: str, session: Session | None, status: int = 200) -> 
     nav = ""
     if session is not None:
         nav = ("<a href='/'>Overview</a><a href='/messages'>Messages</a><a href='/held'>Held</a>"
-               "<a href='/failed'>Failed</a><a href='/routes'>Routes &amp; certificates</a>"
+               "<a href='/failed'>Failed</a><a href='/dossiers'>Dossiers</a>"
+               "<a href='/routes'>Routes &amp; certificates</a>"
                + ("<a href='/subjects'>Subject access</a>" if session.role == "officer" else "") +
                f"<form method='post' action='/logout'>{_csrf(session)}<span>{escape(session.name)} "
                f"({escape(session.role)})</span> <button>Log out</button></form>")
