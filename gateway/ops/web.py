@@ -36,7 +36,7 @@ from cryptography import x509
 from gateway.ops import metrics as metrics_mod
 from gateway.ops.web_accounts import Account, load_accounts, verify_password
 from gateway.store import IllegalTransition, StaleState, State, Store
-
+from gateway.store import IllegalTransition, StaleState, State, Store, StoreError
 __all__ = ["SESSION_COOKIE", "make_dashboard", "serve_dashboard"]
 
 log = structlog.get_logger(__name__)
@@ -513,6 +513,11 @@ async def act(request: web.Request) -> web.StreamResponse:
         if action == "retry":
             if record.state is not State.FAILED or record.transport is None:
                 raise StaleState(mid, record.state, {State.FAILED}, " (and sealed)")
+            if not await _still_sealed(dash.store, mid):  # erased for its data subject: nothing left to send
+                session.flash = (f"retry of {mid}: refused: its sealed copy was erased (subject-erase); "
+                                 "the sender must drop the message again")
+                await dash.audit("dashboard.retry", mid, "refused: sealed copy erased", session.name)
+                raise web.HTTPSeeOther(f"/messages/{mid}")
             await dash.store.transition(mid, State.QUEUED, reason=f"retry by {session.name}", actor=actor,
                                         expect=State.FAILED, origin=ORIGIN)
             dash.queued()
@@ -537,6 +542,14 @@ async def act(request: web.Request) -> web.StreamResponse:
     await dash.audit(f"dashboard.{action}", mid, result, session.name)
     log.info("dashboard.action", action=action, message_id=mid, state=after.state.value, operator=session.name)
     raise web.HTTPSeeOther(f"/messages/{mid}")
+
+
+async def _still_sealed(store: Store, mid: str) -> bool:
+    try:
+        await store.sealed(mid)
+    except StoreError:
+        return False
+    return True
 
 
 async def _listing(request: web.Request, state: State, title: str, actions: tuple[str, ...]) -> web.Response:

@@ -84,7 +84,8 @@ async def bring_to(store: Store, mid: str, state: State) -> None:
     if state is State.HELD:
         await store.transition(mid, State.HELD, reason="no route to gemeente:0599", actor="sealer")
         return
-    await store.transition(mid, State.QUEUED, actor="sealer", transport="email", address="nazorg@example.nl")
+    await store.save_sealed(mid, b"sealed:" + mid.encode(), "mic-" + mid, transport="email",
+                            address="nazorg@example.nl", profile="compatible")
     if state is State.QUEUED:
         return
     await store.transition(mid, State.SENDING, actor="t", lease_owner="t",

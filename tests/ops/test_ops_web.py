@@ -149,6 +149,26 @@ async def test_retry_needs_the_csrf_token_then_queues_and_audits(web_server, cli
     assert "refused: the message is queued" in await r.text()
 
 
+async def test_a_retry_of_a_message_whose_sealed_copy_was_erased_is_refused(web_server, client, web_store,
+                                                                           web_config):
+    """subject-erase removed the sealed entity: nothing is left to send, so the retry is refused (and
+    audited) instead of queueing a message the dispatcher could only fail."""
+    from sqlalchemy import delete
+
+    from gateway.store.schema import sealed
+
+    mid = await new_message(web_store, web_config)
+    await bring_to(web_store, mid, State.FAILED)
+    await web_store.run_write(lambda conn: conn.execute(delete(sealed).where(sealed.c.message_id == mid)))
+    await login(client, web_server)
+    page = await (await client.get(f"{web_server}/messages/{mid}")).text()
+    r = await client.post(f"{web_server}/messages/{mid}/retry", data={"csrf": csrf_of(page)})
+    assert "its sealed copy was erased" in await r.text()
+    assert (await web_store.get(mid)).state is State.FAILED
+    audit = [(a["action"], a["result"]) for a in await web_store.audit_rows(10, object=mid) if a["actor"] == "olga"]
+    assert ("dashboard.retry", "refused: sealed copy erased") in audit
+
+
 async def test_release_routes_and_seals_and_cancel_stops(web_server, client, web_store, web_config):
     held = await new_message(web_store, web_config)
     await bring_to(web_store, held, State.HELD)
