@@ -376,6 +376,11 @@ async def overview(request: web.Request) -> web.Response:
                           f"{_when(c.not_after)} ({c.days_left:.0f} days)")
     for verdict, n in f.receipt_mismatches.items():
         alerts.append(f"{n} receipt(s) with verdict {escape(verdict)}")
+    steps = {status: sum(n for (st, _), n in f.deadline_alerts.items() if st == status)
+             for status in ("overdue", "due-soon")}
+    if steps["overdue"] or steps["due-soon"]:
+        alerts.append(f"<a href='/dossiers'>chain deadlines</a>: {steps['overdue']} step(s) overdue, "
+                      f"{steps['due-soon']} due within two working days")
     oldest = "none" if f.oldest_pending is None else (
         f"{_link(f.oldest_pending[0])}, waiting {_duration(f.oldest_pending_age)}")
     hours = [[escape((now - timedelta(hours=24 - i)).strftime("%H:%M")), str(r), str(s)]

@@ -24,6 +24,8 @@ async def test_alerting_dossiers_are_listed_and_one_dossier_shows_its_chain(web_
     ids = await drop(web_config, web_store, ops_validation, variant("04-overdrachtsdocument.xml"),
                      variant("05-ontslagbericht.xml"))
     assert (await login(client, web_server)).status == 200
+    overview = await (await client.get(f"{web_server}/")).text()
+    assert "<a href='/dossiers'>chain deadlines</a>: 3 step(s) overdue" in overview
     page = await (await client.get(f"{web_server}/dossiers")).text()
     assert "VUG-2025-004711" in page and "ontslagbericht overdue" in page and "Dossier deadlines" in page
     assert "href='/dossiers/VUG-2025-004711'" in page
