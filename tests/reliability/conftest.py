@@ -16,13 +16,17 @@ from mailservers import MailServers  # noqa: E402
 
 
 def pytest_addoption(parser):
-    parser.addoption("--soak", action="store_true", default=False,
-                     help="reliability suite: the long runs (50,000 messages of load), by hand")
+    try:
+        parser.addoption("--soak", action="store_true", default=False,
+                         help="long runs, by hand: the reliability suite's load with 50,000 messages")
+    except ValueError:  # the security suite's conftest added the same switch: one switch for both
+        pass
 
 
 @pytest.fixture(scope="session")
 def soak(pytestconfig) -> bool:
-    return bool(pytestconfig.getoption("--soak"))
+    """`pytest tests/reliability --soak` (the option is known only when a suite that adds it is named)."""
+    return bool(pytestconfig.getoption("--soak", default=False))
 
 
 def mail_password(address: str) -> str:
