@@ -158,12 +158,14 @@ def _ssl_error_in(exc: BaseException) -> ssl.SSLError | None:
     seen = 0
     cur: BaseException | None = exc
     while cur is not None and seen < 10:
-        if isinstance(cur, ssl.SSLError):
-            return cur
+        # aiohttp's ClientConnectorSSLError is itself an ssl.SSLError without OpenSSL's fields (reason, …):
+        # the one it wraps comes first
         for attr in ("certificate_error", "os_error"):
             inner = getattr(cur, attr, None)
             if isinstance(inner, ssl.SSLError):
                 return inner
+        if isinstance(cur, ssl.SSLError):
+            return cur
         cur = cur.__cause__ or cur.__context__
         seen += 1
     return None
@@ -175,12 +177,13 @@ def _tls_words(err: ssl.SSLError) -> str:
         if "hostname" in why.lower() or "ip address mismatch" in why.lower():
             return f"TLS: the partner's server certificate does not name the URL's host ({why})"
         return f"TLS: the partner's server certificate is not trusted ({why})"
-    name = (err.reason or type(err).__name__).lower()
+    reason = getattr(err, "reason", None)
+    name = (reason or type(err).__name__).lower()
     if any(word in name for word in ("certificate_required", "bad_certificate", "unknown_ca", "certificate_unknown",
                                      "unsupported_certificate", "certificate_expired", "certificate_revoked",
                                      "access_denied")):
-        return f"TLS: the partner refused our client certificate ({err.reason})"
-    return f"TLS handshake failed ({err.reason or type(err).__name__})"
+        return f"TLS: the partner refused our client certificate ({reason})"
+    return f"TLS handshake failed ({reason or type(err).__name__})"
 
 
 class As2Client:

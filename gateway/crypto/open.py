@@ -123,6 +123,7 @@ from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.exceptions import UnsupportedAlgorithm as UnknownToCryptography
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -140,6 +141,11 @@ from gateway.crypto.trust import PartyBinding, TrustStore
 PKCS7_MIME = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 PKCS7_SIGNATURE = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 ENCRYPTED_SMIME_TYPES = ("enveloped-data", "authenveloped-data")
+
+
+#: what a certificate that loads but is broken inside raises when a field is first read (found by fuzzing)
+BROKEN_CERTIFICATE = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError, x509.InvalidVersion,
+                      x509.DuplicateExtension, UnknownToCryptography)
 
 
 @dataclass(frozen=True)
@@ -183,10 +189,15 @@ def open_sealed(entity: bytes, own: Identity, trust: TrustStore, *, at: datetime
             signed, content_sha256, static = _verify(asn1.load_content_info(der, what), detached)
             if detached is not None:
                 _SIGNATURE_LAYOUTS.learn(len(der), lambda: _signature_layout(der, static))
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as e:
-        # asn1crypto parses lazily: a structure broken where no accessor above expected it ends here
+    except BROKEN_CERTIFICATE as e:
+        # asn1crypto parses lazily: a structure broken where no accessor above expected it ends here; so do
+        # certificates cryptography loaded but reads field by field (an unknown key type, a duplicate extension)
         raise MalformedMessage(f"malformed message structure ({type(e).__name__})") from None
-    chain = trust.check(signed.signer, signed.other_certs, at, usage="sign", party=expected_sender)
+    try:
+        chain = trust.check(signed.signer, signed.other_certs, at, usage="sign", party=expected_sender)
+    except BROKEN_CERTIFICATE as e:
+        # a certificate that loads but is broken inside (cryptography parses names etc. on first access)
+        raise MalformedMessage(f"an embedded certificate is malformed ({type(e).__name__})") from None
     return Opened(xml=_xml_of(signed.content, "the signed part"), signer=signed.signer, chain=chain,
                   mic=base64.b64encode(content_sha256 or hashlib.sha256(signed.content).digest()).decode("ascii"),
                   signed_entity_sha256=entity_digest, content_cipher=cipher_label, key_transport=kt_label,
@@ -196,6 +207,10 @@ def open_sealed(entity: bytes, own: Identity, trust: TrustStore, *, at: datetime
 # -- MIME ---------------------------------------------------------------------------------------
 
 _HEADER_NAME = re.compile(rb"[!-9;-~]+")
+#: RFC 5322 2.1.1: a line is at most 998 characters (CRLF not counted); a longer one is refused, not read
+MAX_HEADER_LINE = 998
+#: all header lines of one entity together (Postfix's header_size_limit is 100 KiB per header)
+MAX_HEADER_BYTES = 64 * 1024
 _PARAM = re.compile(r'\s*;\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)')
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _PEM = re.compile(rb"-----BEGIN (?:CMS|PKCS7|PKCS #7 SIGNED DATA)-----(.+?)-----END [A-Z0-9 #]+-----", re.S)
@@ -224,7 +239,11 @@ def _split_entity_at(data: bytes, what: str) -> tuple[dict[str, str], int]:
         if end < 0:
             raise MalformedMessage(f"{what} is not a MIME entity (no blank line after the headers)")
         line = data[pos:end - 1] if end > pos and data[end - 1] == 0x0D else data[pos:end]
+        if len(line) > MAX_HEADER_LINE:
+            raise MalformedMessage(f"{what} has a header line of {len(line)} characters (at most {MAX_HEADER_LINE})")
         pos = end + 1
+        if pos > MAX_HEADER_BYTES and line:
+            raise MalformedMessage(f"{what} has more than {MAX_HEADER_BYTES} bytes of headers")
         if not line:
             return headers, pos
         if line[:1] in (b" ", b"\t"):
@@ -1101,7 +1120,7 @@ def _embedded_certificates(embedded: cms.CertificateSet | core.Void) -> tuple[x5
         if choice.name == "certificate":
             try:
                 certs.append(x509.load_der_x509_certificate(choice.chosen.dump()))
-            except ValueError:
+            except (ValueError, x509.InvalidVersion):  # InvalidVersion is no ValueError (found by fuzzing)
                 raise MalformedMessage("an embedded certificate cannot be read") from None
     return tuple(certs)
 

@@ -134,7 +134,8 @@ from cryptography import x509
 from gateway.crypto import asn1, cms, smime
 from gateway.crypto.errors import MalformedMessage
 from gateway.crypto.identity import Identity
-from gateway.crypto.open import decode_body, split_entity, split_multipart, split_signed, verify_signed_data
+from gateway.crypto.open import (BROKEN_CERTIFICATE, decode_body, split_entity, split_multipart, split_signed,
+                                 verify_signed_data)
 from gateway.crypto.open import content_type as _content_type
 from gateway.crypto.trust import PartyBinding, TrustStore
 
@@ -364,10 +365,13 @@ def parse_mdn(entity: bytes, trust: TrustStore, *, at: datetime | None = None,
         try:
             der, signed_part = split_signed(body, 0, params)
             signed = verify_signed_data(asn1.load_content_info(der, "the signature"), signed_part)
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as e:
+        except BROKEN_CERTIFICATE as e:
             # asn1crypto parses lazily: a structure broken where no accessor expected it ends here
             raise MalformedMessage(f"malformed MDN signature ({type(e).__name__})") from None
-        chain = trust.check(signed.signer, signed.other_certs, at, usage="sign", party=expected_signer)
+        try:
+            chain = trust.check(signed.signer, signed.other_certs, at, usage="sign", party=expected_signer)
+        except BROKEN_CERTIFICATE as e:  # a certificate broken inside, read on first access
+            raise MalformedMessage(f"an embedded certificate is malformed ({type(e).__name__})") from None
         signer, report = signed.signer, signed.content
     else:
         raise MalformedMessage(f"not an MDN: Content-Type is {_shown(mtype)!r}, "

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import hmac
 import os
+import re
 import secrets as secrets_mod
 import time
 from collections.abc import Awaitable, Callable
@@ -35,8 +36,8 @@ from cryptography import x509
 
 from gateway.ops import metrics as metrics_mod
 from gateway.ops.web_accounts import Account, load_accounts, verify_password
-from gateway.store import IllegalTransition, StaleState, State, Store
 from gateway.store import IllegalTransition, StaleState, State, Store, StoreError
+
 __all__ = ["SESSION_COOKIE", "make_dashboard", "serve_dashboard"]
 
 log = structlog.get_logger(__name__)
@@ -303,6 +304,11 @@ async def login_form(request: web.Request, error: str = "", status: int = 200) -
     return response
 
 
+#: where a login may lead: a path of printable ASCII, not starting "//" or "/\\" (a browser reads "\\" as "/"
+#: and drops tabs and line breaks, so "/\\host" and "/<tab>/host" would be another host)
+_LOCAL_PATH = re.compile(r"/(?![/\\])[!-\[\]-~]*")
+
+
 async def login(request: web.Request) -> web.StreamResponse:
     dash = request.app[KEY]
     form = await request.post()
@@ -325,7 +331,7 @@ async def login(request: web.Request) -> web.StreamResponse:
                                    time.monotonic() + SESSION_IDLE.total_seconds())
     await dash.audit("dashboard.login", "dashboard", "ok", account.name)
     nxt = str(form.get("next", "/"))
-    if not nxt.startswith("/") or nxt.startswith("//"):
+    if not _LOCAL_PATH.fullmatch(nxt):  # only a path on this dashboard: no "//host", "/\\host", tabs, line breaks
         nxt = "/"
     response = web.HTTPSeeOther(nxt)
     _set_cookie(request, response, SESSION_COOKIE, token, int(SESSION_IDLE.total_seconds()))

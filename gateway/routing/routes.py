@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from gateway.crypto.errors import CryptoError
-from gateway.crypto.trust import TrustStore, describe
+from gateway.crypto.trust import TrustStore, certificate_emails, describe
 from gateway.routing.parties import Parties
 
 _SHA256 = hashes.SHA256()
@@ -65,6 +65,17 @@ def decide(recipient: str, routes: Mapping[str, object], certificates: Mapping[s
     problem = _certificate_problem(trust, cert, now)
     if problem is not None:
         return Hold(f"the encryption certificate of {recipient} ({describe(cert)}) cannot be used: {problem}")
+    if getattr(route, "transport", None) == "email":
+        # never encrypt to another organisation's certificate than the one whose mailbox it is sent to (a
+        # certificate file of another party under this route would make the message readable by that party):
+        # the certificate must name an address in the route address's domain
+        names = certificate_emails(cert)
+        domain = str(route.address).strip().lower().rpartition("@")[2]
+        if not any(name.rpartition("@")[2] == domain for name in names):
+            return Hold(f"the certificate of the route for {recipient} ({describe(cert)}) names "
+                        f"{', '.join(sorted(names)) or 'no e-mail address'}, no address in the domain of the "
+                        f"route's address {route.address}: configure that party's own certificate, then release "
+                        "the message")
     return Go(route, cert)
 
 
