@@ -18,7 +18,7 @@ import asyncio
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -38,7 +38,7 @@ from gateway.store.schema import (event_counts, inbound, latency_buckets, messag
 log = structlog.get_logger(__name__)
 
 __all__ = ["ALERT_STATUSES", "BUCKETS", "DEADLINE_CACHE_SECONDS", "CertificateInfo", "Figures", "alerting_dossiers",
-           "certificates", "deadline_alerts", "gather", "render"]
+           "certificates", "deadline_alerts", "deadline_watch", "gather", "render"]
 
 m = messages.c
 #: latency buckets in seconds: from a quick relay hand-over up to the days a receipt may take
@@ -255,6 +255,28 @@ async def alerting_dossiers(store: Store, now: datetime | None = None) -> dict[s
     """The dossiers with an alert and their (status, step) pairs, as ``deadline_alerts`` keeps them."""
     await deadline_alerts(store, now)
     return dict(_ALERTS[store].per_dossier)
+
+
+async def deadline_watch(store: Store, every: float = DEADLINE_CACHE_SECONDS,
+                         clock: Callable[[], datetime] | None = None) -> None:
+    """The daemon's eye on the chain's deadlines, whether or not anyone looks at the dashboard: every
+    ``every`` seconds the alerts are brought up to date, and each step that newly turned overdue, due soon
+    or late is logged once (dossier reference, step, status: no person) as an alert. Runs until cancelled."""
+    known: set[tuple[str, str, str]] | None = None
+    while True:
+        try:
+            now = clock() if clock else datetime.now(timezone.utc)
+            current = {(ref, status, step) for ref, pairs in (await alerting_dossiers(store, now)).items()
+                       for status, step in pairs}
+            if _ALERTS[store].full_at is not None:  # a first full computation has finished
+                for ref, status, step in sorted(current - (known or set())):
+                    log.warning("deadline.alert", dossier=ref, step=step, status=status, alert=True)
+                known = current
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the store may be busy; the next round tries again
+            log.warning("deadline.watch_failed", error=type(e).__name__)
+        await asyncio.sleep(every)
 
 
 def _refreshed(cache: _AlertCache, task: asyncio.Task) -> None:

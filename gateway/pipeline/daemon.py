@@ -25,6 +25,7 @@ from adapters.inbox_fs import InboxWriter
 from adapters.smtp import RelaySettings, SmtpSender
 from gateway.config import ConfigError, GatewayConfig
 from gateway.ops.audit import checkpoint_service
+from gateway.ops.metrics import deadline_watch
 from gateway.ops.retention import purge_service
 from gateway.ops.web import serve_dashboard
 from gateway.pipeline.dispatcher import Dispatcher
@@ -84,7 +85,8 @@ class Gateway:
         parties = cfg.parties()
         _refuse_a_lost_store(cfg)
         try:
-            self.store = store = await Store.open(secrets.store_url.render_as_string(hide_password=False))
+            self.store = store = await Store.open(secrets.store_url.render_as_string(hide_password=False),
+                                                  clock=self.clock)
         except (SchemaError, DBAPIError) as e:
             raise ConfigError([f"store.url: the store cannot be opened: {_db_reason(e)}; nothing was started. "
                                "Restore the store from its backup (the spool, inbox and quarantine folders "
@@ -152,7 +154,8 @@ class Gateway:
             forever = [checkpoint_service(store, secrets.identity, cfg.retention.checkpoint_every),
                        purge_service(store, every=cfg.retention.purge_every,
                                      plaintext_after=cfg.retention.plaintext_after,
-                                     keep_years=cfg.retention.keep_years)]
+                                     keep_years=cfg.retention.keep_years),
+                       deadline_watch(store, clock=self.clock)]
             accounts = cfg.dashboard.accounts_file or cfg.path.parent / "secrets" / "dashboard-accounts"
             if accounts.is_file():
                 services.append(serve_dashboard(cfg, store, secrets, stop=self.stop, queued=self.dispatcher.wake))

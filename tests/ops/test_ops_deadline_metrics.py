@@ -69,3 +69,32 @@ async def test_overdue_steps_are_gauges_by_status_and_step(web_server, web_confi
                 for family in text_string_to_metric_families(metrics.render(figures, []).decode())
                 if family.name == FAMILY for s in family.samples}
     assert rendered[("late", "overdrachtsdocument")] == 1 and rendered[("due-soon", "ontslagbericht")] == 1
+
+
+async def test_the_watch_logs_each_new_alert_once(web_config, web_store, ops_validation):
+    """Without any scrape, the daemon's watch logs a step that is overdue once (dossier, step, status: no
+    person), not again at the next round; a step that turns overdue later is logged when it does."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    await drop(web_config, web_store, ops_validation, variant("05-ontslagbericht.xml"))
+    with capture_logs() as logs:
+        watch = asyncio.create_task(metrics.deadline_watch(web_store, every=0.05))
+        try:
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if sum(1 for e in logs if e["event"] == "deadline.alert") >= 2:
+                    break
+            await asyncio.sleep(0.3)  # more rounds: nothing is logged twice
+            first = [(e["dossier"], e["step"], e["status"]) for e in logs if e["event"] == "deadline.alert"]
+            other = variant("05-ontslagbericht.xml", dossierreferentie="VUG-2025-004712")
+            await drop(web_config, web_store, ops_validation, other)
+            await metrics.deadline_alerts(web_store, max_age=0)
+            await asyncio.sleep(0.3)
+        finally:
+            watch.cancel()
+    alerts = [(e["dossier"], e["step"], e["status"]) for e in logs if e["event"] == "deadline.alert"]
+    assert ("VUG-2025-004711", "ontslagbericht", "overdue") in first and len(first) == len(set(first))
+    assert alerts[len(first):] and all(a[0] == "VUG-2025-004712" for a in alerts[len(first):])
+    assert all(e.get("alert") is True and "999" not in str(e) for e in logs if e["event"] == "deadline.alert")
