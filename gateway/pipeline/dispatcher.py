@@ -25,10 +25,13 @@ from pathlib import Path
 import structlog
 
 from adapters.outbox_fs import remove_plaintext
+from gateway.pipeline.disk import no_space
 from gateway.pipeline.transports import Permanent, Security, Temporary, Transport
 from gateway.store import MessageRecord, StaleState, State, Store
 
 log = structlog.get_logger(__name__)
+#: seconds between tries while the disk is full
+DISK_FULL_RETRY = 5.0
 
 
 class Dispatcher:
@@ -58,13 +61,26 @@ class Dispatcher:
         if released:
             log.warning("leases-expired", count=len(released), message_ids=released[:20])
         stopping = asyncio.create_task(stop.wait())
+        paused: str | None = None
         try:
             while not stop.is_set():
-                await self._claim_and_start()
-                await self._sleep(stopping)
-                if len(self._running) < self.workers:
-                    for mid in await self.store.release_expired_leases():
-                        log.warning("lease-expired", message_id=mid)
+                try:
+                    await self._claim_and_start()
+                    await self._sleep(stopping)
+                    if len(self._running) < self.workers:
+                        for mid in await self.store.release_expired_leases():
+                            log.warning("lease-expired", message_id=mid)
+                except Exception as e:
+                    if (why := no_space(e)) is None:
+                        raise
+                    if paused is None:  # a claim is a write: with the disk full, wait for room (once alerted)
+                        log.error("dispatch-paused", reason=why, alert=True, retry_in=DISK_FULL_RETRY)
+                    paused = why
+                    await asyncio.wait({stopping}, timeout=DISK_FULL_RETRY)
+                    continue
+                if paused is not None:
+                    log.warning("dispatch-resumed", after=paused)
+                    paused = None
         finally:
             stopping.cancel()
             await self._drain(drain_timeout)

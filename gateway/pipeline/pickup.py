@@ -18,7 +18,6 @@ exists, is a duplicate: reported and moved to rejected/, never sent again.
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import hmac
 import json
@@ -31,6 +30,7 @@ import structlog
 from watchfiles import awatch
 
 from adapters import outbox_fs
+from gateway.pipeline.disk import no_space
 from gateway.pipeline.validation import Checked, Facts, ValidationPool
 from gateway.store import DuplicateMessage, NewMessage, State, Store
 
@@ -107,7 +107,7 @@ class Pickup:
             try:
                 finished = await self.reconcile()
             except Exception as e:
-                if _no_space(e) is None:
+                if no_space(e) is None:
                     raise
                 return 0
         ripe = []
@@ -125,7 +125,7 @@ class Pickup:
             # a full disk (spool, store or rejected/): take nothing more until a retry finds room; what
             # was cut short stays where it was (the file in the outbox; a committed pick-up is finished
             # by the retry's reconcile)
-            self.paused = _no_space(self._full_now)
+            self.paused = no_space(self._full_now)
             log.error("pickup-paused", reason=self.paused, error=type(self._full_now).__name__, alert=True,
                       retry_in=self.rescan_interval)
         elif self._full_now is None and self.paused is not None:
@@ -147,7 +147,7 @@ class Pickup:
             except FileNotFoundError:
                 return 0  # the producer took it back
             except Exception as e:
-                if _no_space(e) is None:
+                if no_space(e) is None:
                     raise
                 self._full_now = e
                 return 0
@@ -298,18 +298,6 @@ def _new_message(facts: Facts, name: str, size: int, sha256: str, spool_path: Pa
                       recipient=facts.recipient, dossier=facts.dossier, replies_to=facts.replies_to,
                       supersedes=facts.supersedes, priority=PRIORITY.get(facts.type, 0), created_at=facts.created,
                       file_name=name, size=size, sha256=sha256, spool_path=str(spool_path))
-
-
-def _no_space(e: BaseException | None) -> str | None:
-    """"disk-full" when `e` (or what it wraps) says the disk or the quota is full, else None."""
-    seen = 0
-    while e is not None and seen < 5:
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return "disk-full"
-        if getattr(e, "sqlite_errorcode", None) == 13:  # SQLITE_FULL: "database or disk is full"
-            return "disk-full"
-        e, seen = getattr(e, "orig", None) or e.__cause__, seen + 1
-    return None
 
 
 def _sha256_file(path: Path) -> str:

@@ -19,11 +19,14 @@ from cryptography import x509
 from gateway.crypto.identity import Identity
 from gateway.crypto.seal import seal
 from gateway.crypto.trust import TrustStore
+from gateway.pipeline.disk import no_space
 from gateway.routing.parties import Parties
 from gateway.routing.routes import Go, decide
 from gateway.store import StaleState, State, Store
 
 log = structlog.get_logger(__name__)
+#: seconds before a message is sealed again when the disk was full
+DISK_FULL_RETRY = 5.0
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 
 
@@ -73,11 +76,19 @@ class Sealer:
         try:
             await self.route_and_seal(message_id)
         except Exception as e:  # a fault must not stop the service: hold this one, visibly, for an operator
+            if no_space(e) is not None:  # not the message's fault: seal it again once there is room
+                log.error("seal-paused", message_id=message_id, reason="disk-full", alert=True,
+                          retry_in=DISK_FULL_RETRY)
+                asyncio.get_running_loop().call_later(DISK_FULL_RETRY, self.submit, message_id)
+                return
             log.exception("seal-error", message_id=message_id)
-            record = await self.store.get(message_id)
-            if record is not None and record.state in (State.RECEIVED, State.HELD):
-                await self._hold(record, f"sealing failed ({type(e).__name__}): see the log; release to retry",
-                                 None, "sealer")
+            try:
+                record = await self.store.get(message_id)
+                if record is not None and record.state in (State.RECEIVED, State.HELD):
+                    await self._hold(record, f"sealing failed ({type(e).__name__}): see the log; release to retry",
+                                     None, "sealer")
+            except Exception as again:  # the hold itself failed: the message stays received, sealed at start
+                log.error("seal-hold-failed", message_id=message_id, error=type(again).__name__, alert=True)
         finally:
             room.release()
 

@@ -94,3 +94,58 @@ async def test_unusable_recipient_certificate_holds(setup, config, secrets, stor
     assert await make_sealer(config, secrets, store, dict(certificates, **{"0599": expired})).route_and_seal(mid) \
         is State.HELD
     assert "cannot be used" in (await store.get(mid)).reason and "expired" in (await store.get(mid)).reason.lower()
+
+
+async def test_a_full_disk_makes_sealing_wait_not_hold(tmp_path, config, secrets, validation, certificates,
+                                                        monkeypatch):
+    """The sealed entity cannot be committed while the disk is full: the message stays `received` (not held
+    for an operator, not lost) and is sealed once there is room again. The store lives on a small tmpfs."""
+    import asyncio
+    import os
+    import subprocess
+
+    from structlog.testing import capture_logs
+
+    import gateway.pipeline.sealer as sealer_mod
+    from gateway.store import Store
+
+    monkeypatch.setattr(sealer_mod, "DISK_FULL_RETRY", 0.2)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2048k", "tmpfs", str(disk)], check=True)
+    try:
+        store = await Store.open(f"sqlite+aiosqlite:///{disk / 'gateway.db'}")
+        try:
+            data, mid = with_new_id(example("01-meldingsbericht.xml"))
+            await take(config, store, validation, "full.xml", data)
+            filler = disk / "filler"
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                for size in (65536, 4096, 512, 1):
+                    try:
+                        while True:
+                            os.write(fd, b"\0" * size)
+                    except OSError:
+                        pass
+            finally:
+                os.close(fd)
+            sealer = make_sealer(config, secrets, store, certificates)
+            stop = asyncio.Event()
+            with capture_logs() as logs:
+                running = asyncio.create_task(sealer.run(stop))
+                await asyncio.sleep(1.0)
+                assert (await store.get(mid)).state is State.RECEIVED, "waiting for room, not held"
+                assert any(e["event"] == "seal-paused" and e["alert"] is True for e in logs)
+                os.unlink(filler)
+                for _ in range(100):
+                    if (await store.get(mid)).state is State.QUEUED:
+                        break
+                    await asyncio.sleep(0.1)
+                stop.set()
+                await asyncio.wait_for(running, 30)
+            assert (await store.get(mid)).state is State.QUEUED
+            assert not any(e["event"] == "seal-error" for e in logs)
+        finally:
+            await store.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
