@@ -36,6 +36,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("store_scale", ["bench/store_scale.py"], ["bench/store_scale.py", "--sizes", "20000"]),
     ("pipeline", ["bench/pipeline.py"], ["bench/pipeline.py", "-n", "500", "--latency-seconds", "5"]),
     ("intake", ["bench/intake.py"], ["bench/intake.py", "-n", "100"]),
+    ("backlog", ["bench/backlog.py"], ["bench/backlog.py", "-n", "500"]),
 ]
 LIBRARIES = ("cryptography", "asn1crypto", "lxml", "xmlschema", "SQLAlchemy", "aiosmtplib", "aioimaplib", "aiohttp",
              "structlog")

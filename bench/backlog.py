@@ -1,0 +1,150 @@
+"""Benchmark: a backlog that waited for a dead relay drains when it comes back; and start-up with it queued.
+
+A private Postfix (tests/mailservers.py) that accepts and discards is the relay. Its SMTP service is
+stopped; N example messages (every type, fresh ids) are dropped into the outbox of `nazorg-gateway run`
+(its own process) and wait in `retry_wait` after their first attempt finds the relay gone. Then:
+- start-up: the daemon is stopped (SIGTERM) and started again with the whole backlog in its store:
+  seconds until it says `started`;
+- drain: the relay comes back; time from then until the last message is `sent`, the rate, and the
+  daemon's peak resident memory (VmHWM) over the whole run (the backlog's growth must not be the
+  daemon's: memory that grows with N is a leak).
+The baseline, measured in the same run: `smtp-source` sending N mails of the gateway's average size to
+the same Postfix (connections reused), as in bench/pipeline.py. Ratio = drain rate / smtp-source rate.
+Retry timing is shortened for the run (first retry 20 s, at most 20 s), so the drain starts within 20 s
+of the relay's return; that wait is in the drain time, as it would be in production (where it is the
+retry schedule's).
+
+    .venv/bin/python bench/backlog.py [-n 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(ROOT)]
+
+from bench.common import Daemon, machine, write_result  # noqa: E402
+from bench.pipeline import messages, run_smtp_source  # noqa: E402
+from e2e_gateway import drop, make_setup  # noqa: E402
+from mailservers import MailServers  # noqa: E402
+
+from gateway.crypto.pki import DEV_PARTIES  # noqa: E402
+from gateway.store import State, Store  # noqa: E402
+
+RATIO_GOAL = 0.5  #: the pipeline's goal (issue 4), here with a backlog
+
+
+async def wait_states(store: Store, ids: set[str], states: list[State], timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = await store.list(states=states, limit=10_000_000)
+        done = {r.message_id: r for r in rows if r.message_id in ids}
+        if len(done) == len(ids):
+            return done
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {len(done)} of {len(ids)} in {[s.value for s in states]} after {timeout} s: "
+                             f"{await store.counts()}")
+        await asyncio.sleep(0.5)
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=20_000, help="messages in the backlog (default 20000)")
+    args = ap.parse_args()
+
+    users = {p.email: f"pw-{i}" for i, p in enumerate(DEV_PARTIES)}
+    sink = {"virtual_transport": "discard:benchmark sink", "smtpd_tls_security_level": "may",
+            "smtpd_discard_ehlo_keywords": "dsn"}
+    work = Path(tempfile.mkdtemp(prefix="bench-backlog-"))
+    servers = MailServers.temporary(users, sorted({a.split("@")[1] for a in users}), postfix_settings=sink)
+    try:
+        servers.start()
+        edits = {'first_delay = "1s"': 'first_delay = "20s"', 'max_delay = "2s"': 'max_delay = "20s"'}
+        cfg_path = make_setup(work / "gw", servers, users, edits=edits)
+        text = cfg_path.read_text()
+        cfg_path.write_text(text[:text.index("[imap]")] + text[text.index("[retry]"):])  # receipts not measured
+        from gateway.config import load_config
+        cfg = load_config(cfg_path)
+        batch = messages(args.n)
+        ids = {mid for mid, _ in batch}
+
+        servers.stop_smtp()
+        daemon = Daemon(cfg_path, work / "daemon.log")
+        daemon.start()
+        store = await Store.open(cfg.store.url)
+        try:
+            print(f"backlog: {args.n} messages dropped while the relay is down …", flush=True)
+            started = time.monotonic()
+            for mid, data in batch:
+                drop(cfg.folders.outbox, f"{mid}.xml", data)
+            await wait_states(store, ids, [State.RETRY_WAIT], timeout=max(600, args.n / 5))
+            queued_s = time.monotonic() - started
+            peak_queueing = daemon.peak_rss_mb()
+
+            print("start-up with the backlog in the store …", flush=True)
+            daemon.stop()
+            daemon = Daemon(cfg_path, work / "restarted.log")  # its own log: "started" of this run only
+            restart_at = time.monotonic()
+            daemon.start(timeout=600)
+            startup_s = time.monotonic() - restart_at
+
+            print("drain: the relay is back …", flush=True)
+            servers.start_smtp()
+            back = time.time()
+            sent = await wait_states(store, ids, [State.SENT, State.DELIVERED, State.ACKNOWLEDGED],
+                                     timeout=max(600, args.n / 2))
+            last = max(r.sent_at.timestamp() for r in sent.values())
+            first = min(r.sent_at.timestamp() for r in sent.values())
+            attempts = statistics.mean(r.attempts for r in sent.values())
+            peak = daemon.peak_rss_mb()
+            sizes = [len(await store.sealed(m)) for m in list(ids)[:50]]
+        finally:
+            await store.close()
+            daemon.stop()
+        mail_bytes = int(statistics.mean(sizes)) + 600
+        print(f"baseline: smtp-source, {args.n} messages of {mail_bytes} bytes …", flush=True)
+        baseline = run_smtp_source(servers, args.n, mail_bytes, cfg.limits.workers)
+    finally:
+        servers.stop()
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(work, ignore_errors=True)
+
+    drain_s = last - back
+    rate = args.n / max(1e-9, last - first)
+    ratio = rate / baseline
+    figures = [
+        {"name": f"backlog drain rate ({args.n:,})", "unit": "msg/s", "value": round(rate, 1),
+         "baseline_name": "smtp-source (Postfix), same peer, same size and count", "baseline": round(baseline, 1),
+         "ratio": round(ratio, 3), "goal": RATIO_GOAL, "met": ratio >= RATIO_GOAL},
+        {"name": "backlog drain time from the relay's return", "unit": "s", "value": round(drain_s, 1)},
+        {"name": f"start-up of run with {args.n:,} queued", "unit": "s", "value": round(startup_s, 2)},
+        {"name": "peak memory of the daemon", "unit": "MB", "value": round(peak, 1),
+         "queueing_mb": round(peak_queueing, 1)},
+    ]
+    result = {"benchmark": "backlog", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "n": args.n, "queued_seconds": round(queued_s, 1),
+              "mean_attempts": round(attempts, 2), "figures": figures}
+    print(f"\nmachine: {os.cpu_count()} cores; {args.n} messages, queued behind the dead relay in {queued_s:.0f} s "
+          f"(mean attempts {attempts:.1f})")
+    print(f"start-up of run with the backlog: {startup_s:.2f} s")
+    print(f"drain: {drain_s:.1f} s from the relay's return (first retry up to 20 s later); {rate:.1f} msg/s "
+          f"vs smtp-source {baseline:.1f} msg/s: ratio {ratio:.2f} (goal >= {RATIO_GOAL}) "
+          f"{'MET' if ratio >= RATIO_GOAL else 'NOT MET'}")
+    print(f"peak memory of the daemon: {peak:.0f} MB while draining (the restarted process), {peak_queueing:.0f} MB "
+          "while queueing")
+    write_result(ROOT, "backlog", result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
