@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,22 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o640) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+_OWN_TEMPORARY = re.compile(r"\..+\.\d+\.tmp")
+
+
+def remove_own_temporaries(folder: Path) -> int:
+    """Remove what a killed `write_atomic` or cross-device `move` left in `folder` (`.NAME.PID.tmp`, never
+    renamed into place, so never the real file); call it before writing there. The number removed."""
+    removed = 0
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if _OWN_TEMPORARY.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        fsync_dir(folder)
+    return removed
 
 
 def free_name(folder: Path, name: str) -> str:

@@ -256,6 +256,9 @@ class Pickup:
         """Finish what a crash left between committing a pick-up and moving its file, and between
         proving a delivery and removing the plaintext copy; the ids of the messages now spooled."""
         finished = []
+        for folder in (self.rejected, self.spool):  # half-written reports or copies of a killed run
+            if (left := outbox_fs.remove_own_temporaries(folder)):
+                log.info("temporaries-removed", folder=folder.name, count=left)
         for path in self.spool.glob("*.xml"):
             record = await self.store.get(path.stem)
             if record is not None and record.state in (State.DELIVERED, State.ACKNOWLEDGED):

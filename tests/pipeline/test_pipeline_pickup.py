@@ -197,6 +197,19 @@ async def test_a_refusal_cut_short_by_a_crash_is_finished_not_repeated(config, s
     assert (await store.counts())[State.REJECTED] == len(names)
 
 
+async def test_what_a_killed_atomic_write_left_is_removed_at_start(config, store, pickup):
+    """A kill inside write_atomic leaves `.NAME.PID.tmp` (never renamed into place): reconcile removes those
+    of our own folders, and nothing else."""
+    rejected, spool = config.folders.rejected, config.folders.spool
+    (rejected / ".999998226.xml.error.json.3666.tmp").write_bytes(b'{"half')
+    (spool / ".0b1c.xml.77.tmp").write_bytes(b"<half")
+    (rejected / "kept.xml").write_bytes(b"<a/>")
+    (rejected / ".kept.tmp").write_bytes(b"not ours: no pid")
+    await pickup.reconcile()
+    assert sorted(p.name for p in rejected.iterdir()) == [".kept.tmp", "kept.xml"]
+    assert list(spool.iterdir()) == []
+
+
 async def test_ended_municipality_is_accepted_for_routing_to_hold(config, store, pickup, taken):
     """0003 (Appingedam) ended on 2021-01-01 (now Eemsdelta, 1979): not a validation error in the
     daemon — routing holds it with the successor (test_pipeline_sealer)."""
