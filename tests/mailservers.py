@@ -843,3 +843,14 @@ class PlainSmtpPeer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def dev_mail_users() -> dict[str, str]:
+    """A mailbox with a password for every party of the development PKI (what the test servers serve)."""
+    from gateway.crypto.pki import DEV_PARTIES
+
+    return {party.email: "pw-" + party.email.replace("@", "-at-") for party in DEV_PARTIES}
+
+
+def domains_of(users: Mapping[str, str]) -> list[str]:
+    return sorted({address.split("@", 1)[1] for address in users})

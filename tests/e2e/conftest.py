@@ -1,7 +1,7 @@
 """Fixtures for the end-to-end tests: private Postfix + Dovecot (see tests/mailservers.py).
 
-Every development party (gateway.crypto.pki.DEV_PARTIES) has a mailbox; its password is
-`mail_password(address)`. Override `mail_users` (module scope) in a test module for other users.
+Every development party (gateway.crypto.pki.DEV_PARTIES) has a mailbox; its password is in
+`mailservers.dev_mail_users()`. Override `mail_users` (module scope) in a test module for other users.
 
 - `mail_servers`: a fresh pair per test (~0.2 s to start, ~0.15 s to stop): use it when a test
   refuses recipients, stops the relay or counts mails.
@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.crypto.pki import DEV_PARTIES
-from mailservers import MailServers, PlainSmtpPeer
-
-
-def mail_password(address: str) -> str:
-    return "pw-" + address.replace("@", "-at-")
+from mailservers import MailServers, PlainSmtpPeer, dev_mail_users, domains_of
 
 
 @pytest.fixture(scope="module")
 def mail_users() -> dict[str, str]:
-    return {party.email: mail_password(party.email) for party in DEV_PARTIES}
+    return dev_mail_users()
 
 
 @pytest.fixture(scope="module")
 def mail_domains(mail_users) -> list[str]:
-    return sorted({address.split("@", 1)[1] for address in mail_users})
+    return domains_of(mail_users)
 
 
 @pytest.fixture

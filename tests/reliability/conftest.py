@@ -11,8 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # e2e_gateway: shared by both suites
 
-from gateway.crypto.pki import DEV_PARTIES  # noqa: E402
-from mailservers import MailServers  # noqa: E402
+from mailservers import MailServers, dev_mail_users, domains_of  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -29,18 +28,14 @@ def soak(pytestconfig) -> bool:
     return bool(pytestconfig.getoption("--soak", default=False))
 
 
-def mail_password(address: str) -> str:
-    return "pw-" + address.replace("@", "-at-")
-
-
 @pytest.fixture(scope="module")
 def mail_users() -> dict[str, str]:
-    return {party.email: mail_password(party.email) for party in DEV_PARTIES}
+    return dev_mail_users()
 
 
 @pytest.fixture(scope="module")
 def mail_domains(mail_users) -> list[str]:
-    return sorted({address.split("@", 1)[1] for address in mail_users})
+    return domains_of(mail_users)
 
 
 @pytest.fixture

@@ -30,18 +30,13 @@ from adapters.as2 import As2Client, As2Security  # noqa: E402
 from as2_helpers import HOST, TlsPki  # noqa: E402
 from dropped import example, with_new_id  # noqa: E402
 from e2e_gateway import drop, make_setup, open_config, running, wait_for_states  # noqa: E402
-from gateway.crypto.pki import DEV_PARTIES  # noqa: E402
 from gateway.store import State  # noqa: E402
-from mailservers import MailServers, free_port  # noqa: E402
+from mailservers import MailServers, dev_mail_users, free_port  # noqa: E402
 
 GEMEENTE = "nazorg@gemeente-0599.example.nl"
 
 
-def mail_password(address: str) -> str:
-    return "pw-" + address.replace("@", "-at-")
-
-
-USERS = {party.email: mail_password(party.email) for party in DEV_PARTIES}
+USERS = dev_mail_users()
 
 
 @pytest.fixture(scope="module")
