@@ -422,7 +422,7 @@ def figures_of(r: dict, offered: float) -> list[dict]:
          "p99_ms_at_once": round(t["p99_ms"]),
          "pi_cpu_ms_per_message": round(t["pi_cpu_ms_per_message"], 2),
          "receiver_cpu_ms_per_message": round(t["receiver_cpu_ms_per_message"], 2), **r["memory"]},
-        {"name": f"{route} p99 drop→acknowledged at {offered:g}/s", "unit": "ms", "value": round(lat["p99_ms"], 1),
+        {"name": f"{route} p99 drop→ack at {offered:g}/s", "unit": "ms", "value": round(lat["p99_ms"], 1),
          "p50": round(lat["p50_ms"], 1), "p95": round(lat["p95_ms"], 1),
          "baseline_name": ("p99 of the direct POSTs at the same pace" if route == "platform" else
                            "p99 of a mail there and back through the same Postfix and Dovecot"),
