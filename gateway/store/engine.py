@@ -209,17 +209,18 @@ class Runner:
 
     @staticmethod
     def _run_in_savepoint(conn: Connection, call: _Call) -> tuple[_Call, bool, Any]:
-        failed: BaseException | None = None
-        nested = conn.begin_nested()
+        # the savepoint statements go straight to the driver: SQLAlchemy's begin_nested() costs ~10x
+        # more CPU per call, and the calls never nest savepoints of their own (one level, one name)
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute("SAVEPOINT group_call")
         try:
             value = call.fn(conn, *call.args)
         except Exception as e:
-            failed = e
-        if failed is None:
-            nested.commit()  # RELEASE SAVEPOINT
-            return call, True, value
-        nested.rollback()  # ROLLBACK TO SAVEPOINT: this call's changes only (raises if that fails)
-        return call, False, failed
+            cursor.execute("ROLLBACK TO SAVEPOINT group_call")  # this call's changes only (raises if that fails)
+            cursor.execute("RELEASE SAVEPOINT group_call")
+            return call, False, e
+        cursor.execute("RELEASE SAVEPOINT group_call")
+        return call, True, value
 
     # -- the callers' side ------------------------------------------------------------------------
 
