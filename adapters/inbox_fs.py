@@ -14,6 +14,8 @@ The convention for the receiving systems (a municipality's or a PI's own softwar
 - Files whose names start with ``.`` are being written: never touch them.
 - Each file is written whole or not at all: a hidden temporary file in the same folder,
   fsynced, renamed into place, then the folder fsynced. The gateway never rewrites a ``.xml``.
+  When the ``.xml`` cannot be written (a full disk), its ``.json`` is removed again: a failed
+  write leaves nothing.
 - A message id appears once: a duplicate arrival is answered with the same receipt and never
   written again. (After a crash between writing a message and recording it, the gateway finds
   its own file again by the id; if a system took it away in that instant, the repeat can appear
@@ -124,7 +126,8 @@ class InboxWriter:
         return InboxEntry(label, message_id, xml, meta, _read_json(meta))
 
     def deliver(self, label: str, message_id: str, xml: bytes, metadata: Mapping[str, Any]) -> InboxEntry:
-        """Write the ``.json`` (replacing a leftover one), then the ``.xml``, each durably.
+        """Write the ``.json`` (replacing a leftover one), then the ``.xml``, each durably; when the ``.xml``
+        fails (e.g. ENOSPC), the ``.json`` is removed and the error raised: all or nothing.
 
         Raises FileExistsError when the ``.xml`` exists already: a message is never rewritten."""
         xml_path, meta_path = self.paths(label, message_id)
@@ -133,7 +136,18 @@ class InboxWriter:
         _folder(self.root)
         _folder(xml_path.parent)
         _write_new(meta_path, _json(metadata), self.mode, replace=True)
-        _write_new(xml_path, bytes(xml), self.mode, replace=False)
+        try:
+            _write_new(xml_path, bytes(xml), self.mode, replace=False)
+        except FileExistsError:
+            raise
+        except BaseException:  # e.g. a full disk: the .json fitted, the .xml did not; take the .json away too
+            if not xml_path.exists():  # (an .xml in place, whatever failed after, keeps its .json)
+                meta_path.unlink(missing_ok=True)
+                try:
+                    fsync_dir(meta_path.parent)
+                except OSError:
+                    pass
+            raise
         return InboxEntry(label, message_id, xml_path, meta_path, dict(metadata))
 
     def entries(self) -> list[InboxEntry]:

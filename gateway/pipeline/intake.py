@@ -23,7 +23,9 @@ In this order, first failure wins:
    row with its receipt in one store transaction. A crash between the two
    leaves a file without a row: the next arrival of that id finds the file
    and records it without writing again, and `reconcile` (at start) records
-   every such file.
+   every such file. A write that fails (a full disk) leaves nothing, records
+   nothing and raises: the transport answers with an error, no receipt, and
+   the sender sends again (alerted once per full period: ``inbound.inbox_full``).
 
 A refused message is kept in quarantine (``<UTC time>-<sha256 prefix>.p7m`` +
 ``.json`` with the reason), recorded as refused, and answered with a signed
@@ -65,6 +67,7 @@ from gateway.crypto.open import Opened, open_sealed
 from gateway.crypto.receipts import REASON_CODES, BuiltMdn, Disposition, build_mdn
 from gateway.crypto.trust import PartyBinding, TrustStore, certificate_emails
 from gateway.messages.safe_parse import MAX_MESSAGE_BYTES
+from gateway.pipeline.disk import no_space
 from gateway.pipeline.validation import Facts, ValidationPool
 from gateway.store import Store
 from gateway.store.states import DuplicateInbound, InboundRecord
@@ -210,6 +213,7 @@ class Intake:
         self._clock = clock
         self.max_entity_bytes = max_entity_bytes
         self._locks = _KeyedLocks()
+        self._inbox_full = False  #: the last inbox write failed for want of room (alerted once)
         self._by_email = {p.email.lower(): p for p in self.partners.values() if p.email}
         self._by_as2 = {p.as2_id: p for p in self.partners.values() if p.as2_id}
 
@@ -304,6 +308,17 @@ class Intake:
                 found = await asyncio.to_thread(self.inbox.find, facts.type, facts.message_id)
                 if found is None or found.metadata.get("mic") != opened.mic:
                     raise
+            except OSError as e:  # nothing was written: the transport answers with an error, the sender retries
+                if no_space(e) is not None and not self._inbox_full:
+                    self._inbox_full = True
+                    log.error("inbound.inbox_full", message_id=facts.message_id, type=facts.type, alert=True,
+                              why="the inbox has no room: arrivals are answered with an error (not a receipt) "
+                                  "until there is room again; the senders send again")
+                raise
+            else:
+                if self._inbox_full:
+                    self._inbox_full = False
+                    log.warning("inbound.inbox_room_again", message_id=facts.message_id, type=facts.type)
         if found is not None:  # a crash came between this file and its row: the file stays, the row is written now
             entry = found
             log.warning("inbound.file_recovered", message_id=facts.message_id, type=facts.type)
