@@ -78,10 +78,11 @@ async def until(predicate, timeout: float, what: str):
     return result
 
 
-async def test_a_clock_jump_forward_and_back_neither_bursts_nor_loses_a_retry(tmp_path, mail_servers, mail_users):
+async def test_a_clock_jump_forward_and_back_neither_bursts_nor_loses_a_retry(tmp_path, mail_servers, mail_users,
+                                                                              dev_pki):
     edits = {'first_delay = "5m"': 'first_delay = "30s"', 'max_delay = "4000s"': 'max_delay = "10m"',
              'jitter = 0.2': 'jitter = 0'}
-    cfg = open_config(make_setup(tmp_path / "gw", mail_servers, mail_users, edits=edits))
+    cfg = open_config(make_setup(tmp_path / "gw", mail_servers, mail_users, edits=edits, pki=dev_pki))
     clock = Clock()
     mail_servers.refuse(ADDRESS, "451 4.3.0 try again later")
     data, mid = with_new_id(example("01-meldingsbericht.xml"))
@@ -184,14 +185,15 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def test_a_jump_past_the_lease_sends_a_delivery_in_flight_again_under_its_ids(tmp_path, mail_servers,
-                                                                                       mail_users):
+                                                                                       mail_users, dev_pki):
     hold = HoldFirst(mail_servers.smtp_port)
     port = await hold.start()
     # a lease of a minute and an SMTP timeout below it: without the jump, nothing would expire for a minute
     edits = {'lease = "11s"': 'lease = "60s"',
              'password_file = "secrets/smtp-password"\ntimeout = 5': 'password_file = "secrets/smtp-password"\n'
                                                                     'timeout = 50'}
-    cfg = open_config(make_setup(tmp_path / "gw", mail_servers, mail_users, smtp_port=port, edits=edits))
+    cfg = open_config(make_setup(tmp_path / "gw", mail_servers, mail_users, smtp_port=port, edits=edits,
+                                 pki=dev_pki))
     assert cfg.limits.lease == timedelta(seconds=60) and cfg.smtp.timeout == 50
     clock = Clock()
     data, mid = with_new_id(example("01-meldingsbericht.xml"))
@@ -240,10 +242,10 @@ async def _logged(logs: list[dict], event: str) -> bool:
 
 
 async def test_a_jump_past_the_give_up_horizon_fails_a_message_at_its_next_temporary_error(tmp_path, mail_servers,
-                                                                                            mail_users):
+                                                                                            mail_users, dev_pki):
     edits = {'first_delay = "5m"': 'first_delay = "30s"', 'max_delay = "4000s"': 'max_delay = "10m"',
              'jitter = 0.2': 'jitter = 0'}
-    cfg = open_config(make_setup(tmp_path / "gw", mail_servers, mail_users, edits=edits))
+    cfg = open_config(make_setup(tmp_path / "gw", mail_servers, mail_users, edits=edits, pki=dev_pki))
     assert cfg.retry.give_up_after == timedelta(days=5)
     clock = Clock()
     still_refused = ADDRESS

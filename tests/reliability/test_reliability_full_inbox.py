@@ -67,12 +67,12 @@ async def attempts_beyond(store, mid: str, count: int, timeout: float = 60.0):
 
 
 async def test_a_full_inbox_answers_with_an_error_writes_nothing_half_and_the_message_lands_once_with_room(
-        tmp_path, mail_servers, mail_users, small_disk):
+        tmp_path, mail_servers, mail_users, small_disk, dev_pki):
     disk = small_disk(DISK_KIB)
     gm_port = free_port()
     pi = open_config(make_setup(tmp_path / "pi", mail_servers, mail_users,
-                                platform={"0344": f"https://127.0.0.1:{gm_port}/as2"}))
-    gm = open_config(make_setup(tmp_path / "gm", mail_servers, mail_users, party="0344", pki=tmp_path / "pi" / "keys",
+                                platform={"0344": f"https://127.0.0.1:{gm_port}/as2"}, pki=dev_pki))
+    gm = open_config(make_setup(tmp_path / "gm", mail_servers, mail_users, party="0344", pki=dev_pki,
                                 as2_listen=("127.0.0.1", gm_port),
                                 platform={"PI-VUGHT": f"https://127.0.0.1:{free_port()}/as2"},
                                 edits={'inbox = "inbox"': f'inbox = "{disk / "inbox"}"'}))

@@ -2,24 +2,26 @@
 the sender ends `acknowledged`, and every attempt carried the message's one id.
 
 The random-kill e2e (tests/e2e/test_e2e_crash.py) lets the kills fall where they fall; here a gate between
-the two sides stops the exchange at a named point and tells the test, which kills then:
+the two sides stops each exchange at a named point and tells the test, which kills then.
 
-- SMTP, the sender killed in the DATA phase. The private Postfix sits behind a relay that reads the TLS
-  record headers after STARTTLS (not their content). Two messages are in flight at once, one kill:
-  (1) the first large record from the sender (the DATA content) is held back: Postfix saw DATA and never
-  the end of the data, so it keeps nothing; (2) the content passes and Postfix's 250 is held back: Postfix
-  has queued the mail and delivers it. After the restart and the lease, both are sent again: the
-  municipality's mailbox gets one copy of (1) and two of (2), all under the message's one Message-ID; the
-  municipality's gateway writes one inbox file each and answers the second copy with the same receipt.
-- AS2, the sender killed during the POST. A TLS-terminating relay with the two gateways' own TLS identities
-  reads the HTTP exchange and every AS2 Message-ID. Two messages in flight, one kill: (1) the request head
-  and its first body bytes arrived and are held back: the receiver got nothing; (2) the receiver answered
-  (inbox file, row, signed MDN) and the answer is held back.
-- AS2, the RECEIVING gateway killed by inotify (1) the moment the first temporary file of its inbox write
-  is created (during the write), (2) the moment the message's `.xml` is linked into place (after the write,
-  before the row and the MDN; the relay holds any answer back, so the sender never sees one). Its restart's
-  `reconcile` removes what the write left and records a file that has no row; the sender's retry gets the
-  receipt.
+The SENDER is killed once, with four deliveries in flight, each held at its own point:
+- SMTP, the DATA phase. The private Postfix sits behind a relay that reads the TLS record headers after
+  STARTTLS (not their content): (1) the first large record from the sender (the DATA content) is held
+  back: Postfix saw DATA and never the end of the data, so it keeps nothing; (2) the content passes and
+  Postfix's 250 is held back: Postfix has queued the mail and delivers it. After the restart and the
+  lease, both are sent again: the municipality's mailbox gets one copy of (1) and two of (2), all under
+  the message's one Message-ID; the municipality's gateway writes one inbox file each and answers the
+  second copy with the same receipt.
+- AS2, the POST. A TLS-terminating relay with the two gateways' own TLS identities reads the HTTP
+  exchange and every AS2 Message-ID: (1) the request head and its first body bytes arrived and are held
+  back: the receiver got nothing; (2) the receiver answered (inbox file, row, signed MDN) and the answer
+  is held back.
+
+The RECEIVING gateway (AS2) is killed by inotify (1) the moment the first temporary file of its inbox
+write is created (during the write), (2) the moment the message's `.xml` is linked into place (after the
+write, before the row and the MDN; the relay holds any answer back, so the sender never sees one). Its
+restart's `reconcile` removes what the write left and records a file that has no row; the sender's retry
+gets the receipt.
 """
 
 from __future__ import annotations
@@ -415,71 +417,115 @@ def transitions(timeline) -> list[tuple[str | None, str]]:
              "lease-expired" if t.reason == LEASE_EXPIRED else t.to_state.value) for t in timeline]
 
 
-# -- (a) SMTP: the sender killed in the DATA phase --------------------------------------------------------
+# -- the sender killed in the SMTP DATA phase and during the AS2 POST ---------------------------------------
 
-async def test_the_sender_killed_in_the_smtp_data_phase_delivers_each_message_to_one_inbox_once(
-        tmp_path, mail_servers, mail_users):
-    gate = SmtpDataGate(mail_servers.smtp_port)
-    await gate.start()
-    pi_path = make_setup(tmp_path / "pi", mail_servers, mail_users, smtp_port=gate.port, edits=QUICK)
-    pi = open_config(pi_path)
-    gm = open_config(make_setup(tmp_path / "gm", mail_servers, mail_users, party="0599", pki=tmp_path / "pi" / "keys"))
-    assert pi.smtp.port == gate.port and pi.routes["0599"].transport == "email" and pi.limits.lease.seconds == 10
+def _as2_pair(tmp_path: Path, servers, users, dev_pki: Path, *, gm_port: int, pi_url: str,
+              smtp_port: int | None = None) -> tuple[Path, Path]:
+    """PI-VUGHT sending to 0344 over the platform route at `pi_url` (and by e-mail through `smtp_port`);
+    0344 listening on `gm_port`."""
+    pi_path = make_setup(tmp_path / "pi", servers, users, edits={**QUICK, **AS2_TIMEOUT},
+                         platform={"0344": pi_url}, pki=dev_pki, smtp_port=smtp_port)
+    gm_path = make_setup(tmp_path / "gm", servers, users, party="0344", pki=dev_pki,
+                         as2_listen=("127.0.0.1", gm_port),
+                         platform={"PI-VUGHT": f"https://127.0.0.1:{free_port()}/as2"})
+    return pi_path, gm_path
+
+
+def _bare(as2_message_id: str) -> str:
+    return as2_message_id.strip("<>").split("@", 1)[0]
+
+
+async def test_the_sender_killed_in_the_smtp_data_phase_and_during_the_as2_post_delivers_each_message_once(
+        tmp_path, mail_servers, mail_users, dev_pki):
+    """Four deliveries in flight, each stopped at its own point, one SIGKILL: two e-mails to 0599 (the content
+    arriving; the content sent and Postfix's 250 not yet read) and two AS2 POSTs to 0344 (the request on its
+    way; the receiver's answer not yet read). Both receivers are real gateways."""
+    smtp_gate = SmtpDataGate(mail_servers.smtp_port)
+    await smtp_gate.start()
+    gm_port, as2_port = free_port(), free_port()
+    pi_path, as2_path = _as2_pair(tmp_path, mail_servers, mail_users, dev_pki, gm_port=gm_port,
+                                  pi_url=f"https://127.0.0.1:{as2_port}/as2", smtp_port=smtp_gate.port)
+    pi, to_as2 = open_config(pi_path), open_config(as2_path)
+    to_mail = open_config(make_setup(tmp_path / "gm-mail", mail_servers, mail_users, party="0599", pki=dev_pki))
+    as2_gate = As2Gate(gm_port, dev_pki, sender="PI-VUGHT", receiver="0344")
+    await as2_gate.start(as2_port)
+    assert pi.smtp.port == smtp_gate.port and pi.routes["0599"].transport == "email"
+    assert pi.routes["0344"].address == as2_gate.url and pi.as2.timeout == 5 and pi.limits.lease.seconds == 10
     daemon = DaemonProcess(pi_path, tmp_path / "pi.log")
-    sent = dict(with_new_id(example("01-meldingsbericht.xml")) for _ in range(2))  # bytes -> message id
-    data = {mid: body for body, mid in sent.items()}
-    folder = gm.folders.inbox / "meldingsbericht"
+    mails = {mid: body for body, mid in (with_new_id(example("01-meldingsbericht.xml")) for _ in range(2))}
+    posts = {mid: body for body, mid in (with_new_id(example("05-ontslagbericht.xml")) for _ in range(2))}
+    every = {**mails, **posts}
+    mail_folder, as2_folder = to_mail.folders.inbox / "meldingsbericht", to_as2.folders.inbox / "ontslagbericht"
     try:
-        async with running(gm) as gm_gw:
+        async with running(to_mail) as mail_gw, running(to_as2) as as2_gw:
             await started(daemon, 1)
-            # both messages in flight on two connections: one killed while its content arrives (Postfix saw
-            # DATA, never the end of the data), the other after the content, before it read Postfix's 250
-            gate.arm(["content", "reply"])
-            for mid, body in data.items():
+            smtp_gate.arm(["content", "reply"])
+            as2_gate.arm(["request", "answer"])
+            for mid, body in every.items():
                 drop(pi.folders.outbox, f"{mid}.xml", body)
-            await asyncio.wait_for(gate.fired.wait(), FIRED_WITHIN)
+            await asyncio.wait_for(asyncio.gather(smtp_gate.fired.wait(), as2_gate.fired.wait()), FIRED_WITHIN)
             daemon.kill()
-            # Postfix has the second: it reaches 0599's gateway while its sender lies dead
-            await _until(lambda: any((folder / f"{mid}.xml").exists() for mid in data), 60)
-            first = [mid for mid in data if (folder / f"{mid}.xml").exists()]
-            cut = [mid for mid in data if mid not in first]
-            assert len(first) == len(cut) == 1
 
-            # restarted: each lease runs out, each message is sent again under its ids, and acknowledged
+            # e-mail: Postfix has the one whose 250 was held back; it reaches 0599 while its sender lies dead
+            await _until(lambda: any((mail_folder / f"{mid}.xml").exists() for mid in mails), 60)
+            queued = [mid for mid in mails if (mail_folder / f"{mid}.xml").exists()]
+            cut_mail = [mid for mid in mails if mid not in queued]
+            assert len(queued) == len(cut_mail) == 1
+            # AS2: the held request never reached 0344; the held answer was given (file, row, receipt)
+            cut_post, answered = _bare(as2_gate.held["request"]), _bare(as2_gate.held["answer"])
+            assert {cut_post, answered} == set(posts)
+            assert await as2_gw.store.find_inbound(cut_post) is None and not (as2_folder / f"{cut_post}.xml").exists()
+            first = await as2_gw.store.find_inbound(answered)
+            assert first is not None and first.outcome == "accepted" and (as2_folder / f"{answered}.xml").exists()
+
+            # restarted: every lease runs out, every message is sent again under its ids, and acknowledged
             await started(daemon, 2)
             store = await Store.open(pi.store.url)
             try:
-                await wait_for_states(store, data, [State.ACKNOWLEDGED], timeout=90)
-                records = {mid: await store.get(mid) for mid in data}
-                timelines = {mid: transitions(await store.timeline(mid)) for mid in data}
+                await wait_for_states(store, every, [State.ACKNOWLEDGED], timeout=90)
+                records = {mid: await store.get(mid) for mid in every}
+                timelines = {mid: transitions(await store.timeline(mid)) for mid in every}
             finally:
                 await store.close()
             # 0599's gateway answered the second copy with the receipt it stored for the first
-            await _until(lambda: len(_receipts(mail_servers, pi.party.email, first[0])) == 2, 30)
-            arrivals = {mid: await gm_gw.store.find_inbound(mid) for mid in data}
+            await _until(lambda: len(_receipts(mail_servers, pi.party.email, queued[0])) == 2, 30)
+            arrivals = {mid: await mail_gw.store.find_inbound(mid) for mid in mails}
+            arrivals |= {mid: await as2_gw.store.find_inbound(mid) for mid in posts}
     finally:
         daemon.kill()
-        await gate.close()
+        await smtp_gate.close()
+        await as2_gate.close()
 
-    for mid in data:
-        # the attempt after the crash began with the lease running out; none was lost
+    for mid in every:
+        # the attempt after the crash began with the lease running out; none was lost, none sent twice after
         assert [t for t in timelines[mid] if t[0] == "sending"] == \
-            [("sending", "lease-expired"), ("sending", "sent")], timelines[mid]
-        assert timelines[mid].count(("sending", "sent")) == 1 and timelines[mid][-1][1] == "acknowledged"
-        assert records[mid].attempts == 2 and records[mid].mail_message_id == f"<{mid}@pi-vught.example.nl>"
+            [("sending", "lease-expired"), ("sending", "sent")], (mid, timelines[mid])
+        assert timelines[mid][-1][1] == "acknowledged" and records[mid].attempts == 2
         assert arrivals[mid] is not None and arrivals[mid].outcome == "accepted"
         assert arrivals[mid].transport_message_id == records[mid].mail_message_id
-    # the one cut off in DATA was never delivered; the one Postfix had came twice, under one Message-ID
-    assert _message_ids(mail_servers, GEMEENTE, cut[0]) == [records[cut[0]].mail_message_id]
-    assert _message_ids(mail_servers, GEMEENTE, first[0]) == [records[first[0]].mail_message_id] * 2
-    receipts = {mid: _receipts(mail_servers, pi.party.email, mid) for mid in data}
-    assert len(receipts[cut[0]]) == 1 and len(receipts[first[0]]) == 2
-    assert receipts[first[0]][0] == receipts[first[0]][1], "the same receipt, byte for byte, under one Message-ID"
-    # exactly once in the inbox, byte for byte, nothing half-written
-    assert inbox_files(gm.folders.inbox) == sorted(f"meldingsbericht/{m}.{x}" for m in data for x in ("json", "xml"))
-    for mid, body in data.items():
-        assert (folder / f"{mid}.xml").read_bytes() == body
-    assert not any(gm.folders.quarantine.iterdir())
+    # e-mail: the one cut off in DATA was never delivered; the one Postfix had came twice, under one Message-ID,
+    # and was answered twice with the same receipt
+    for mid in mails:
+        assert records[mid].mail_message_id == f"<{mid}@pi-vught.example.nl>"
+    assert _message_ids(mail_servers, GEMEENTE, cut_mail[0]) == [records[cut_mail[0]].mail_message_id]
+    assert _message_ids(mail_servers, GEMEENTE, queued[0]) == [records[queued[0]].mail_message_id] * 2
+    receipts = {mid: _receipts(mail_servers, pi.party.email, mid) for mid in mails}
+    assert len(receipts[cut_mail[0]]) == 1 and len(receipts[queued[0]]) == 2
+    assert receipts[queued[0]][0] == receipts[queued[0]][1], "the same receipt, byte for byte, under one Message-ID"
+    # AS2: both attempts of each carried its one AS2 Message-ID; the second POST of the answered one got the
+    # receipt stored at the first
+    for mid in posts:
+        seen = [m for m in as2_gate.message_ids if _bare(m) == mid]
+        assert seen == [records[mid].mail_message_id] * 2, (mid, as2_gate.message_ids, records[mid].mail_message_id)
+    assert arrivals[answered].receipt == first.receipt
+    # exactly once in each inbox, byte for byte, nothing half-written, nothing refused
+    assert inbox_files(to_mail.folders.inbox) == sorted(f"meldingsbericht/{m}.{x}" for m in mails
+                                                        for x in ("json", "xml"))
+    assert inbox_files(to_as2.folders.inbox) == sorted(f"ontslagbericht/{m}.{x}" for m in posts
+                                                       for x in ("json", "xml"))
+    for mid, body in every.items():
+        assert ((mail_folder if mid in mails else as2_folder) / f"{mid}.xml").read_bytes() == body
+    assert not any(to_mail.folders.quarantine.iterdir()) and not any(to_as2.folders.quarantine.iterdir())
 
 
 def _message_ids(servers, address: str, mid: str) -> list[str]:
@@ -502,93 +548,22 @@ def _receipts(servers, address: str, mid: str) -> list[tuple[str, bytes]]:
     return found
 
 
-# -- (b) AS2: the sender killed during the POST ----------------------------------------------------------
-
-def _as2_pair(tmp_path: Path, servers, users, *, gm_port: int, pi_url: str) -> tuple[Path, Path]:
-    """PI-VUGHT sending to 0344 over the platform route at `pi_url`; 0344 listening on `gm_port`."""
-    pi_path = make_setup(tmp_path / "pi", servers, users, edits={**QUICK, **AS2_TIMEOUT},
-                         platform={"0344": pi_url})
-    gm_path = make_setup(tmp_path / "gm", servers, users, party="0344", pki=tmp_path / "pi" / "keys",
-                         as2_listen=("127.0.0.1", gm_port),
-                         platform={"PI-VUGHT": f"https://127.0.0.1:{free_port()}/as2"})
-    return pi_path, gm_path
-
-
-def _bare(as2_message_id: str) -> str:
-    return as2_message_id.strip("<>").split("@", 1)[0]
-
-
-async def test_the_sender_killed_during_the_as2_post_delivers_each_message_to_one_inbox_once(
-        tmp_path, mail_servers, mail_users):
-    gm_port, gate_port = free_port(), free_port()
-    pi_path, gm_path = _as2_pair(tmp_path, mail_servers, mail_users, gm_port=gm_port,
-                                 pi_url=f"https://127.0.0.1:{gate_port}/as2")
-    pi, gm = open_config(pi_path), open_config(gm_path)
-    gate = As2Gate(gm_port, tmp_path / "pi" / "keys", sender="PI-VUGHT", receiver="0344")
-    await gate.start(gate_port)
-    assert pi.routes["0344"].address == gate.url and pi.as2.timeout == 5
-    daemon = DaemonProcess(pi_path, tmp_path / "pi.log")
-    data = {mid: body for body, mid in (with_new_id(example("05-ontslagbericht.xml")) for _ in range(2))}
-    folder = gm.folders.inbox / "ontslagbericht"
-    try:
-        async with running(gm) as gm_gw:
-            await started(daemon, 1)
-            # both in flight: one killed while its request is on the way (head and body begun: the receiver
-            # has nothing), the other after the receiver answered (inbox file, row, signed MDN held back)
-            gate.arm(["request", "answer"])
-            for mid, body in data.items():
-                drop(pi.folders.outbox, f"{mid}.xml", body)
-            await asyncio.wait_for(gate.fired.wait(), FIRED_WITHIN)
-            daemon.kill()
-            cut, answered = _bare(gate.held["request"]), _bare(gate.held["answer"])
-            assert {cut, answered} == set(data)
-            assert await gm_gw.store.find_inbound(cut) is None and not (folder / f"{cut}.xml").exists()
-            first = await gm_gw.store.find_inbound(answered)
-            assert first is not None and first.outcome == "accepted" and (folder / f"{answered}.xml").exists()
-
-            # restarted: the leases run out, both are posted again under the same AS2 Message-ID
-            await started(daemon, 2)
-            store = await Store.open(pi.store.url)
-            try:
-                await wait_for_states(store, data, [State.ACKNOWLEDGED], timeout=90)
-                records = {mid: await store.get(mid) for mid in data}
-                timelines = {mid: transitions(await store.timeline(mid)) for mid in data}
-            finally:
-                await store.close()
-            arrivals = {mid: await gm_gw.store.find_inbound(mid) for mid in data}
-    finally:
-        daemon.kill()
-        await gate.close()
-
-    for mid in data:
-        seen = [m for m in gate.message_ids if _bare(m) == mid]
-        assert seen == [records[mid].mail_message_id] * 2, (mid, gate.message_ids, records[mid].mail_message_id)
-        assert [t for t in timelines[mid] if t[0] in ("sending", "sent")] == \
-            [("sending", "lease-expired"), ("sending", "sent"), ("sent", "acknowledged")], timelines[mid]
-        assert records[mid].attempts == 2
-        assert arrivals[mid].outcome == "accepted" and arrivals[mid].transport_message_id == seen[0]
-    assert arrivals[answered].receipt == first.receipt, "the second POST got the receipt stored at the first"
-    assert inbox_files(gm.folders.inbox) == sorted(f"ontslagbericht/{m}.{x}" for m in data for x in ("json", "xml"))
-    for mid, body in data.items():
-        assert (folder / f"{mid}.xml").read_bytes() == body
-    assert not any(gm.folders.quarantine.iterdir())
-
-
 # -- (c) AS2: the receiving gateway killed during and just after its inbox write -------------------------
 
 async def test_the_receiver_killed_during_or_just_after_its_inbox_write_keeps_one_copy_and_answers_the_retry(
-        tmp_path, mail_servers, mail_users):
+        tmp_path, mail_servers, mail_users, dev_pki):
     gm_port, gate_port = free_port(), free_port()
-    pi_path, gm_path = _as2_pair(tmp_path, mail_servers, mail_users, gm_port=gm_port,
+    pi_path, gm_path = _as2_pair(tmp_path, mail_servers, mail_users, dev_pki, gm_port=gm_port,
                                  pi_url=f"https://127.0.0.1:{gate_port}/as2")
     pi, gm = open_config(pi_path), open_config(gm_path)
-    gate = As2Gate(gm_port, tmp_path / "pi" / "keys", sender="PI-VUGHT", receiver="0344")
+    gate = As2Gate(gm_port, dev_pki, sender="PI-VUGHT", receiver="0344")
     await gate.start(gate_port)
     receiver = DaemonProcess(gm_path, tmp_path / "gm.log")
     folder = gm.folders.inbox / "ontslagbericht"
     folder.mkdir(parents=True)  # watched before the first write
     (a, a_id), (b, b_id) = with_new_id(example("05-ontslagbericht.xml")), with_new_id(example("05-ontslagbericht.xml"))
     kills: list[str] = []
+    killers: list[KillOnCreate] = []
     rows_at_kill: dict[str, bool] = {}
     try:
         async with running(pi) as pi_gw:
@@ -597,6 +572,7 @@ async def test_the_receiver_killed_during_or_just_after_its_inbox_write_keeps_on
                 # the first file of the write is the hidden temporary of the .json; the .xml comes last
                 match = (lambda n: n.startswith(".")) if point == "during" else (lambda n, m=mid: n == f"{m}.xml")
                 killer = KillOnCreate(folder, match, receiver.proc.pid)
+                killers.append(killer)
                 killer.start()
                 gate.arm(["answer"])  # whatever the receiver might still answer, the sender never sees it
                 drop(pi.folders.outbox, f"{mid}.xml", data)
@@ -616,6 +592,8 @@ async def test_the_receiver_killed_during_or_just_after_its_inbox_write_keeps_on
             timelines = {mid: transitions(await pi_gw.store.timeline(mid)) for mid in (a_id, b_id)}
         assert receiver.terminate() == 0
     finally:
+        for killer in killers:
+            killer.stop()
         receiver.kill()
         await gate.close()
 
