@@ -13,7 +13,7 @@ berichtId, in turn. What is measured, per route:
 - throughput: N messages dropped at once (after 20 to warm up); rate = N / (last `acknowledged_at` −
   first drop); drop→acknowledged p50/p95/p99 of that run (mostly queueing: at once, the last waits for
   all before it);
-- latency: messages offered at a fixed pace (default 5/s, below either route's capacity here):
+- latency: messages offered at a fixed pace (default 2/s for 30 s, well below either route's capacity):
   drop→acknowledged p50/p95/p99;
 - the CPU per message and peak resident memory (VmHWM) of both daemons (each with its validation workers).
 Every message must end `acknowledged` with a matching signed MDN (the PI's receipt row `mdn`/`match`
@@ -44,22 +44,23 @@ first is in the Maildir), timed until the answer is in the Maildir.
 There is no goal for these figures yet (issue 7 asks for the measurement).
 
 What the first runs showed (2 shared cores, 300 per route, load average 2-7):
-- platform: 15-19 msg/s, ratio ~0.3. The PI's daemon is the limit: 47-53 ms of CPU per message (the
-  receiver ~14). py-spy (--gil) of the PI during the run: the store's writer thread ~30 % (SQLAlchemy
+- platform: 11-19 msg/s (with the load), ratio 0.31-0.34. The PI's daemon is the limit: 47-67 ms of CPU per message (the
+  receiver 13-15). py-spy (--gil) of the PI during the run: the store's writer thread ~30 % (SQLAlchemy
   statement set-up ~9 %), the dispatcher's wake-ups ~25 % — every wake (one per sealed message and per
   finished delivery) runs `claim` (a write) and `next_due`, then `release_expired_leases` (a write),
   even while the only destination is at its `max_concurrency` — `parse_mdn` ~9 %, the AS2 post ~4 %.
-  Paced latency p50 150-180 ms against 20-30 ms for the direct POST: `stable_after` (0.1 s here; 0.5 s by
+  Paced latency p50 150-200 ms against 20-30 ms for the direct POST: `stable_after` (0.1 s here; 0.5 s by
   default) is most of it.
-- e-mail: 6.0-6.5 msg/s, ratio 0.14-0.17, latency p50 0.85-1.1 s against a ~35 ms mail round trip. Not the CPU
+- e-mail: 6-11 msg/s, ratio 0.14-0.17; at 2/s latency p50 0.76 s, p99 1.3 s, against a 25-35 ms mail
+  round trip. Not the CPU
   (both daemons well under a core): each mailbox is read one mail at a time (fetch, handle, move: an
   IMAP round trip or three and a store commit each, so group commit cannot help), and each mailbox gets
   two mails per message (PI: the DSN and the MDN; 0599: the message and the DSN of its own MDN mail).
   Dovecot adds a fixed delay to every IDLE notification (NOTIFY_DELAY_MSECS = 500 in
   lib-storage/mailbox-watch.c), paid once per mailbox hop when the reader is idle: the paced floor of
-  ~0.5-1 s is that, not the gateway.
+  0.5-1 s is that, not the gateway.
 
-    .venv/bin/python bench/exchange.py [-n 300] [--routes platform email] [--offered 5] [--latency-seconds 20]
+    .venv/bin/python bench/exchange.py [-n 300] [--routes platform email] [--offered 2] [--latency-seconds 30]
 """
 
 from __future__ import annotations
@@ -451,8 +452,8 @@ async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=300, help="messages in each throughput run (default 300)")
     ap.add_argument("--routes", nargs="+", choices=["platform", "email"], default=["platform", "email"])
-    ap.add_argument("--offered", type=float, default=5.0, help="pace of the latency run, msg/s (default 5)")
-    ap.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run (default 20)")
+    ap.add_argument("--offered", type=float, default=2.0, help="pace of the latency run, msg/s (default 2)")
+    ap.add_argument("--latency-seconds", type=float, default=30.0, help="length of the latency run (default 30)")
     ap.add_argument("--rounds", type=int, default=5, help="bare crypto rounds (median counts)")
     ap.add_argument("--seconds", type=float, default=0.3, help="per bare crypto round")
     args = ap.parse_args()
