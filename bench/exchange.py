@@ -44,21 +44,20 @@ first is in the Maildir), timed until the answer is in the Maildir.
 There is no goal for these figures yet (issue 7 asks for the measurement).
 
 What the first runs showed (2 shared cores, 300 per route, load average 2-7):
-- platform: 11-19 msg/s (with the load), ratio 0.31-0.34. The PI's daemon is the limit: 47-67 ms of CPU per message (the
-  receiver 13-15). py-spy (--gil) of the PI during the run: the store's writer thread ~30 % (SQLAlchemy
-  statement set-up ~9 %), the dispatcher's wake-ups ~25 % — every wake (one per sealed message and per
-  finished delivery) runs `claim` (a write) and `next_due`, then `release_expired_leases` (a write),
-  even while the only destination is at its `max_concurrency` — `parse_mdn` ~9 %, the AS2 post ~4 %.
-  Paced latency p50 150-200 ms against 20-30 ms for the direct POST: `stable_after` (0.1 s here; 0.5 s by
-  default) is most of it.
-- e-mail: 6-11 msg/s, ratio 0.14-0.17; at 2/s latency p50 0.76 s, p99 1.3 s, against a 25-35 ms mail
-  round trip. Not the CPU
-  (both daemons well under a core): each mailbox is read one mail at a time (fetch, handle, move: an
-  IMAP round trip or three and a store commit each, so group commit cannot help), and each mailbox gets
-  two mails per message (PI: the DSN and the MDN; 0599: the message and the DSN of its own MDN mail).
-  Dovecot adds a fixed delay to every IDLE notification (NOTIFY_DELAY_MSECS = 500 in
-  lib-storage/mailbox-watch.c), paid once per mailbox hop when the reader is idle: the paced floor of
-  0.5-1 s is that, not the gateway.
+- platform: 11-19 msg/s (with the load), ratio 0.31-0.34. The PI's daemon is the limit: 47-67 ms of CPU per
+  message (the receiver 13-15). py-spy (--gil) of the PI during the run: the store's writer thread ~30 %
+  (SQLAlchemy statement set-up ~9 %), the dispatcher's wake-ups ~25 % — every wake (one per sealed message
+  and per finished delivery) runs `claim` (a write) and `next_due`, then `release_expired_leases` (a write),
+  even while the only destination is at its `max_concurrency` — `parse_mdn` ~9 %, the AS2 post ~4 %. Paced
+  latency p50 150-200 ms against 20-30 ms for the direct POST: `stable_after` (0.1 s here; 0.5 s by default)
+  is most of it.
+- e-mail: 6-11 msg/s, ratio 0.14-0.17; at 2/s latency p50 0.76 s, p99 1.3 s, against a 25-35 ms mail round
+  trip. Not the CPU (both daemons well under a core): each mailbox is read one mail at a time (fetch,
+  handle, move: an IMAP round trip or three and a store commit each, so group commit cannot help), and each
+  mailbox gets two mails per message (PI: the DSN and the MDN; 0599: the message and the DSN of its own MDN
+  mail). Dovecot adds a fixed delay to every IDLE notification (NOTIFY_DELAY_MSECS = 500 in lib-
+  storage/mailbox-watch.c), paid once per mailbox hop when the reader is idle: the paced floor of 0.5-1 s is
+  that, not the gateway.
 
     .venv/bin/python bench/exchange.py [-n 300] [--routes platform email] [--offered 2] [--latency-seconds 30]
 """
