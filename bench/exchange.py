@@ -55,8 +55,8 @@ What the first runs showed (2 shared cores, 300 per route, load average 2-7):
   trip. Not the CPU (both daemons well under a core): each mailbox is read one mail at a time (fetch,
   handle, move: an IMAP round trip or three and a store commit each, so group commit cannot help), and each
   mailbox gets two mails per message (PI: the DSN and the MDN; 0599: the message and the DSN of its own MDN
-  mail). Dovecot adds a fixed delay to every IDLE notification (NOTIFY_DELAY_MSECS = 500 in lib-
-  storage/mailbox-watch.c), paid once per mailbox hop when the reader is idle: the paced floor of 0.5-1 s is
+  mail). Dovecot adds a fixed delay to every IDLE notification (NOTIFY_DELAY_MSECS = 500 in
+  lib-storage/mailbox-watch.c), paid once per mailbox hop when the reader is idle: the paced floor of 0.5-1 s is
   that, not the gateway.
 
     .venv/bin/python bench/exchange.py [-n 300] [--routes platform email] [--offered 2] [--latency-seconds 30]
