@@ -44,7 +44,7 @@ from sqlalchemy import (Connection, Engine, Row, Select, and_, bindparam, delete
 from sqlalchemy.exc import IntegrityError
 
 from .chain import GENESIS, row_hash
-from .engine import BUSY_TIMEOUT_MS, Runner, make_engine
+from .engine import BUSY_TIMEOUT_MS, DriverStatement, Runner, make_engine
 from .migrations import MIGRATIONS, Migration, apply_migrations
 from .schema import (audit, deadline_facts, inbound, message_counts, messages, pickups, receipts, sealed, subject_index,
                      transitions)
@@ -80,20 +80,21 @@ _STAMPS = {State.SENT: "sent_at", State.DELIVERED: "delivered_at", State.ACKNOWL
 
 # The statements of the hot path, built once. Bind parameters that are not columns start with "_": in an
 # UPDATE, every other key of the parameters becomes a SET clause.
-_INSERT_MESSAGE = insert(messages)
-_INSERT_PICKUP = insert(pickups)
+_INSERT_MESSAGE = DriverStatement(insert(messages))
+_INSERT_PICKUP = DriverStatement(insert(pickups))
 _INSERT_PICKUP_RETURNING = insert(pickups).returning(*_PICKUP_COLS)
-_INSERT_TRANSITION = insert(transitions)
-_INSERT_AUDIT = insert(audit)
+_INSERT_TRANSITION = DriverStatement(insert(transitions))
+_INSERT_AUDIT = DriverStatement(insert(audit))
 _LAST_AUDIT = select(audit.c.id, audit.c.hash).order_by(audit.c.id.desc()).limit(1).with_for_update()
 # SQLite: the chain's head and AUTOINCREMENT's high-water mark in one statement (one round trip per write)
-_AUDIT_HEAD_SQLITE = text("SELECT (SELECT id FROM audit ORDER BY id DESC LIMIT 1), "
-                          "(SELECT hash FROM audit ORDER BY id DESC LIMIT 1), "
-                          "(SELECT seq FROM sqlite_sequence WHERE name = 'audit')")
+_AUDIT_HEAD_SQLITE = DriverStatement(text("SELECT (SELECT id FROM audit ORDER BY id DESC LIMIT 1), "
+                                         "(SELECT hash FROM audit ORDER BY id DESC LIMIT 1), "
+                                         "(SELECT seq FROM sqlite_sequence WHERE name = 'audit')"))
 _INSERT_RECEIPT = insert(receipts)
-_INSERT_SEALED = insert(sealed)
-_DELETE_SEALED = delete(sealed).where(sealed.c.message_id == bindparam("_mid"))
-_LOCK_ONE = select(m.state, m.lease_owner).where(m.message_id == bindparam("_mid")).with_for_update()
+_INSERT_SEALED = DriverStatement(insert(sealed))
+_DELETE_SEALED = DriverStatement(delete(sealed).where(sealed.c.message_id == bindparam("_mid")))
+_LOCK_ONE = DriverStatement(select(m.state, m.lease_owner).where(m.message_id == bindparam("_mid"))
+                            .with_for_update())
 _STATE_OF = select(m.state).where(m.message_id == bindparam("_mid"))
 _UPDATE_ONE = update(messages).where(m.message_id == bindparam("_mid"), m.state == bindparam("_frm")) \
     .returning(*_RECORD_COLS)
@@ -105,7 +106,7 @@ _RENEW = update(messages).where(m.message_id == bindparam("_mid"), m.state == St
                                 m.lease_owner == bindparam("_owner"))
 _GET_BY_ID = select(*_RECORD_COLS).where(m.message_id == bindparam("_mid")).limit(1)
 _GET_BY_MAIL_ID = select(*_RECORD_COLS).where(m.mail_message_id == bindparam("_mid")).limit(1)
-_SEALED_ENTITY = select(sealed.c.entity).where(sealed.c.message_id == bindparam("_mid"))
+_SEALED_ENTITY = DriverStatement(select(sealed.c.entity).where(sealed.c.message_id == bindparam("_mid")))
 _EXISTS = select(m.message_id).where(m.message_id == bindparam("_mid"))
 _ACCEPTED_BY_SHA = select(*_PICKUP_COLS).where(pickups.c.outcome == "accepted",
                                                pickups.c.sha256 == bindparam("_sha"))
@@ -120,8 +121,10 @@ _INBOUND_BY_TRANSPORT = (select(*_INBOUND_COLS)
                                 inbound.c.transport_message_id == bindparam("_tmid"))
                          .order_by((inbound.c.outcome == "accepted").desc(), inbound.c.received_at.desc()).limit(1))
 _INSERT_INBOUND = insert(inbound)
-_INSERT_DEADLINE_FACTS = insert(deadline_facts)
-_INSERT_SUBJECT = insert(subject_index)
+_INSERT_DEADLINE_FACTS = DriverStatement(insert(deadline_facts))
+_INSERT_SUBJECT = DriverStatement(insert(subject_index))
+_CONFIRM_ACCEPTED = DriverStatement(update(pickups).where(pickups.c.sha256 == bindparam("_sha"),
+                                                        pickups.c.outcome == "accepted"))
 _REPLACE_INBOUND = update(inbound).where(inbound.c.message_id == bindparam("_mid"), inbound.c.outcome == "refused")
 
 
@@ -284,7 +287,7 @@ class Store:
         because each one is part of its row's hash.
         """
         if conn.dialect.name == "sqlite":  # ids go past any deleted tail: its gap then shows in the chain
-            last_id, last_hash, seq = conn.execute(_AUDIT_HEAD_SQLITE).one()
+            last_id, last_hash, seq = _AUDIT_HEAD_SQLITE.first(conn)
             next_id, prev = max(last_id or 0, seq or 0) + 1, last_hash or GENESIS
         else:
             last = conn.execute(_LAST_AUDIT).first()
@@ -295,7 +298,7 @@ class Store:
                          row["actor"])
             chained.append({**row, "id": next_id, "prev_hash": prev, "hash": h})
             next_id, prev = next_id + 1, h
-        conn.execute(_INSERT_AUDIT, chained)
+        _INSERT_AUDIT.execute(conn, chained)
 
     def audit_in(self, conn: Connection, action: str, obj: str, result: str, actor: str,
                  origin: str | None = None) -> None:
@@ -352,18 +355,18 @@ class Store:
                    received_at=now, updated_at=now, sent_at=None, delivered_at=None, acknowledged_at=None)
 
         def tx(conn: Connection) -> None:
-            conn.execute(_INSERT_MESSAGE, row)
-            conn.execute(_INSERT_PICKUP, dict(
+            _INSERT_MESSAGE.execute(conn, row)
+            _INSERT_PICKUP.execute(conn, dict(
                 at=now, file_name=msg.file_name, size=msg.size, sha256=msg.sha256, outcome="accepted",
                 message_id=msg.message_id, spool_path=msg.spool_path))
-            conn.execute(_INSERT_TRANSITION, dict(
+            _INSERT_TRANSITION.execute(conn, dict(
                 message_id=msg.message_id, at=now, from_state=None, to_state=State.RECEIVED.value, attempt=0,
                 actor=actor))
             self._audit(conn, now, "message.accept", msg.message_id, "received", actor)
             if facts_row is not None:
-                conn.execute(_INSERT_DEADLINE_FACTS, facts_row)
+                _INSERT_DEADLINE_FACTS.execute(conn, facts_row)
             if subject_rows:
-                conn.execute(_INSERT_SUBJECT, subject_rows)
+                _INSERT_SUBJECT.execute(conn, subject_rows)
 
         try:  # the primary key and the unique index are the duplicate checks; a failure says which below
             await self._run.write(tx)
@@ -426,9 +429,7 @@ class Store:
         now = self._now()
 
         def tx(conn: Connection) -> None:
-            res = conn.execute(update(pickups).where(pickups.c.sha256 == sha256, pickups.c.outcome == "accepted")
-                               .values(confirmed_at=now))
-            if res.rowcount != 1:
+            if _CONFIRM_ACCEPTED.execute(conn, {"_sha": sha256, "confirmed_at": now}) != 1:
                 raise StoreError(f"no accepted pickup of {sha256[:16]}")
 
         await self._run.write(tx)
@@ -472,13 +473,13 @@ class Store:
               actor: str, expect: set[State] | None, owner: str | None = None, attempt: int | None = None,
               remote_reply: str | None = None, origin: str | None = None,
               fields: dict[str, Any]) -> MessageRecord:
-        cur = conn.execute(_LOCK_ONE, {"_mid": message_id}).first()
+        cur = _LOCK_ONE.first(conn, {"_mid": message_id})
         if cur is None:
             raise UnknownMessage(message_id)
-        frm = State(cur.state)
+        frm, lease_owner = State(cur[0]), cur[1]
         if expect is not None and frm not in expect:
             raise StaleState(message_id, frm, expect)
-        if owner is not None and (frm is not State.SENDING or cur.lease_owner != owner):
+        if owner is not None and (frm is not State.SENDING or lease_owner != owner):
             raise StaleState(message_id, frm, {State.SENDING}, f" under a lease of {owner}")
         check_edge(message_id, frm, to)
         values: dict[str, Any] = {"state": to.value, "reason": reason, "updated_at": now, **fields}
@@ -497,7 +498,7 @@ class Store:
         if row is None:  # only possible without the row lock (never on SQLite under BEGIN IMMEDIATE)
             raise StaleState(message_id, None, {frm})
         record = _record(row)
-        conn.execute(_INSERT_TRANSITION, dict(
+        _INSERT_TRANSITION.execute(conn, dict(
             message_id=message_id, at=now, from_state=frm.value, to_state=to.value, reason=reason,
             attempt=record.attempts if attempt is None else attempt, remote_reply=remote_reply, actor=actor))
         self._audit(conn, now, "message.transition", message_id,
@@ -513,15 +514,16 @@ class Store:
             record = self._move(conn, message_id, State.QUEUED, now=now, reason=reason, actor=actor,
                                 expect={State.RECEIVED, State.HELD},
                                 fields=dict(mic=mic, transport=transport, address=address))
-            conn.execute(_DELETE_SEALED, {"_mid": message_id})
-            conn.execute(_INSERT_SEALED, dict(message_id=message_id, entity=entity, mic=mic, profile=profile,
+            _DELETE_SEALED.execute(conn, {"_mid": message_id})
+            _INSERT_SEALED.execute(conn, dict(message_id=message_id, entity=entity, mic=mic, profile=profile,
                                               sealed_at=now))
             return record
 
         return await self._run.write(tx)
 
     async def sealed(self, message_id: str) -> bytes:
-        entity = await self._run.read(_scalar, _SEALED_ENTITY, {"_mid": message_id})
+        row = await self._run.read(_SEALED_ENTITY.first, {"_mid": message_id})
+        entity = None if row is None else row[0]
         if entity is None:
             raise StoreError(f"no sealed entity for message {message_id}")
         return bytes(entity)
@@ -545,7 +547,7 @@ class Store:
             raise StoreError(f"{len(ids) - len(changed)} of {len(ids)} rows vanished during a transition to {to}")
         by_id = {r.message_id: _record(r) for r in changed}
         records = [by_id[i] for i in ids]
-        conn.execute(_INSERT_TRANSITION, [
+        _INSERT_TRANSITION.execute(conn, [
             dict(message_id=r.message_id, at=now, from_state=before[r.message_id].value, to_state=to.value,
                  reason=reason, attempt=r.attempts, remote_reply=None, actor=actor) for r in records])
         result = f"-> {to}" + (f": {reason}" if reason else "")
@@ -761,9 +763,9 @@ class Store:
                 conn.execute(_REPLACE_INBOUND, {**{k: v for k, v in row.items() if k != "message_id"},
                                                 "_mid": message_id})
             if facts_row is not None:
-                conn.execute(_INSERT_DEADLINE_FACTS, facts_row)
+                _INSERT_DEADLINE_FACTS.execute(conn, facts_row)
             if subject_rows:
-                conn.execute(_INSERT_SUBJECT, subject_rows)
+                _INSERT_SUBJECT.execute(conn, subject_rows)
             result = outcome if reason_code is None else f"{outcome}: {reason_code}"
             self._audit(conn, now, f"inbound.{'accept' if outcome == 'accepted' else 'refuse'}", message_id,
                         result, actor, transport)
