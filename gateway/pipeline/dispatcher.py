@@ -32,6 +32,8 @@ from gateway.store import MessageRecord, StaleState, State, Store
 log = structlog.get_logger(__name__)
 #: seconds between tries while the disk is full
 DISK_FULL_RETRY = 5.0
+#: seconds between looks for expired leases (a crashed daemon's deliveries) while running
+LEASE_CHECK_EVERY = timedelta(seconds=5)
 
 
 class Dispatcher:
@@ -51,6 +53,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._running: dict[str, asyncio.Task] = {}
         self._by_destination: Counter[str] = Counter()
+        self._last_lease_check: datetime | None = None
 
     def wake(self) -> None:
         """New work may be due (called by the sealer and by operators)."""
@@ -67,7 +70,7 @@ class Dispatcher:
                 try:
                     await self._claim_and_start()
                     await self._sleep(stopping)
-                    if len(self._running) < self.workers:
+                    if len(self._running) < self.workers and self._lease_check_due():
                         for mid in await self.store.release_expired_leases():
                             log.warning("lease-expired", message_id=mid)
                 except Exception as e:
@@ -84,6 +87,17 @@ class Dispatcher:
         finally:
             stopping.cancel()
             await self._drain(drain_timeout)
+
+    def _lease_check_due(self) -> bool:
+        """Whether to look for expired leases now: every LEASE_CHECK_EVERY seconds of the clock, not at
+        every wake-up (a write transaction each: once per message under load), and at once when the
+        clock has jumped (forward past the next check, or back behind the last one)."""
+        now = self._clock()
+        last = self._last_lease_check
+        if last is not None and last <= now < last + LEASE_CHECK_EVERY:
+            return False
+        self._last_lease_check = now
+        return True
 
     async def _sleep(self, stopping: asyncio.Task) -> None:
         timeout = 5.0

@@ -279,3 +279,22 @@ async def test_a_retry_by_hand_gets_the_whole_retry_period_anew(store, tmp_path)
         await operator.close()
     await run_until(dispatcher(store, t, clock=later), await state_is(State.RETRY_WAIT))
     assert "next attempt" in (await store.get(mid)).reason
+
+
+async def test_expired_leases_are_looked_for_every_few_seconds_and_at_once_after_a_clock_jump(store):
+    """Not at every wake-up (one write transaction each, once per message under load): every
+    LEASE_CHECK_EVERY of the dispatcher's clock, and at once when that clock jumps either way."""
+    from gateway.pipeline.dispatcher import LEASE_CHECK_EVERY
+
+    now = [datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)]
+    d = dispatcher(store, None, clock=lambda: now[0])
+    assert d._lease_check_due()  # the first look
+    now[0] += LEASE_CHECK_EVERY / 2
+    assert not d._lease_check_due()
+    now[0] += LEASE_CHECK_EVERY / 2
+    assert d._lease_check_due()  # a whole interval later
+    now[0] += timedelta(hours=6)
+    assert d._lease_check_due()  # jumped forward
+    now[0] -= timedelta(hours=1)
+    assert d._lease_check_due()  # jumped back behind the last look
+    assert not d._lease_check_due()
