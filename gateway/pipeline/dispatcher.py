@@ -164,9 +164,9 @@ class Dispatcher:
             log_.exception("delivery-error")
             await self._retry_or_fail(record, f"internal error while sending ({type(e).__name__})", None, log_)
         else:
-            await self._settle(record, State.SENT, "the next hop accepted the message", log_, handed.remote_reply,
-                               mail_message_id=handed.transport_id)
-            if handed.receipt is not None:
+            recorded = await self._settle(record, State.SENT, "the next hop accepted the message", log_,
+                                          handed.remote_reply, mail_message_id=handed.transport_id)
+            if handed.receipt is not None and recorded:  # else the attempt that owns it now gets the receipt again
                 await self._receipt(record, handed.receipt, log_)
 
     async def _receipt(self, record: MessageRecord, check, log_) -> None:
@@ -208,16 +208,23 @@ class Dispatcher:
         return record.received_at
 
     async def _settle(self, record: MessageRecord, state: State, reason: str, log_, reply: str | None = None,
-                      **fields) -> None:
+                      **fields) -> bool:
+        """Record this attempt's outcome, if the message is still this attempt's (True when recorded).
+
+        The attempt number is part of the compare-and-set: an attempt that outlived its lease (the
+        message was claimed again) must not write its outcome over the newer attempt's."""
         try:
             await self.store.transition(record.message_id, state, reason=reason, actor=self.owner,
-                                        expect=[State.SENDING], attempt=record.attempts, remote_reply=reply, **fields)
+                                        expect=[State.SENDING], of_attempt=record.attempts, attempt=record.attempts,
+                                        remote_reply=reply, **fields)
         except StaleState:
-            log_.warning("outcome-not-recorded", state=state.value, why="the message left 'sending' meanwhile")
-            return
+            log_.warning("outcome-not-recorded", state=state.value,
+                         why="the message left 'sending' meanwhile, or a later attempt owns it")
+            return False
         level = {State.SENT: "info", State.RETRY_WAIT: "warning"}.get(state, "error")
         getattr(log_, level)(state.value, reason=reason, remote_reply=reply,
                              **({"alert": True} if state in (State.FAILED, State.HELD) else {}))
+        return True
 
     async def _drain(self, timeout: float) -> None:
         """Graceful stop: let running deliveries finish for `timeout`, then cancel and release them."""

@@ -93,7 +93,7 @@ _AUDIT_HEAD_SQLITE = DriverStatement(text("SELECT (SELECT id FROM audit ORDER BY
 _INSERT_RECEIPT = insert(receipts)
 _INSERT_SEALED = DriverStatement(insert(sealed))
 _DELETE_SEALED = DriverStatement(delete(sealed).where(sealed.c.message_id == bindparam("_mid")))
-_LOCK_ONE = DriverStatement(select(m.state, m.lease_owner).where(m.message_id == bindparam("_mid"))
+_LOCK_ONE = DriverStatement(select(m.state, m.lease_owner, m.attempts).where(m.message_id == bindparam("_mid"))
                             .with_for_update())
 _STATE_OF = select(m.state).where(m.message_id == bindparam("_mid"))
 _UPDATE_ONE = update(messages).where(m.message_id == bindparam("_mid"), m.state == bindparam("_frm")) \
@@ -438,13 +438,15 @@ class Store:
 
     async def transition(self, message_id: str, to: State, *, reason: str | None = None, actor: str,
                          expect: Iterable[State] | State | None = None, owner: str | None = None,
-                         attempt: int | None = None, remote_reply: str | None = None, origin: str | None = None,
+                         of_attempt: int | None = None, attempt: int | None = None,
+                         remote_reply: str | None = None, origin: str | None = None,
                          receipt: NewReceipt | None = None, **fields: Any) -> MessageRecord:
         """Move a message along an edge of ``TRANSITIONS`` (else ``IllegalTransition``).
 
         Compare-and-set: with ``expect`` the current state must be one of them, with ``owner``
-        the message must be ``sending`` under that owner's lease (else ``StaleState``).
-        ``fields`` sets columns (``SETTABLE``). Leaving ``sending`` clears the lease; entering
+        the message must be ``sending`` under that owner's lease, with ``of_attempt`` its attempt count
+        must still be that one (an attempt that outlived its lease must not record its outcome over
+        the next attempt's; else ``StaleState``). ``fields`` sets columns (``SETTABLE``). Leaving ``sending`` clears the lease; entering
         ``sent``/``delivered``/``acknowledged`` stamps its time; entering ``queued`` makes it due
         now unless ``next_attempt_at`` is given; ``retry_wait`` needs ``next_attempt_at``;
         ``sending`` needs ``lease_owner`` and ``lease_until`` and counts an attempt.
@@ -461,8 +463,8 @@ class Store:
 
         def tx(conn: Connection) -> MessageRecord:
             record = self._move(conn, message_id, to, now=now, reason=reason, actor=actor, expect=expected,
-                                owner=owner, attempt=attempt, remote_reply=remote_reply, origin=origin,
-                                fields=fields)
+                                owner=owner, of_attempt=of_attempt, attempt=attempt, remote_reply=remote_reply,
+                                origin=origin, fields=fields)
             if receipt is not None:
                 self._add_receipt(conn, now, message_id, receipt, actor)
             return record
@@ -470,17 +472,20 @@ class Store:
         return await self._run.write(tx)
 
     def _move(self, conn: Connection, message_id: str, to: State, *, now: datetime, reason: str | None,
-              actor: str, expect: set[State] | None, owner: str | None = None, attempt: int | None = None,
-              remote_reply: str | None = None, origin: str | None = None,
+              actor: str, expect: set[State] | None, owner: str | None = None, of_attempt: int | None = None,
+              attempt: int | None = None, remote_reply: str | None = None, origin: str | None = None,
               fields: dict[str, Any]) -> MessageRecord:
         cur = _LOCK_ONE.first(conn, {"_mid": message_id})
         if cur is None:
             raise UnknownMessage(message_id)
-        frm, lease_owner = State(cur[0]), cur[1]
+        frm, lease_owner, attempts = State(cur[0]), cur[1], cur[2]
         if expect is not None and frm not in expect:
             raise StaleState(message_id, frm, expect)
         if owner is not None and (frm is not State.SENDING or lease_owner != owner):
             raise StaleState(message_id, frm, {State.SENDING}, f" under a lease of {owner}")
+        if of_attempt is not None and attempts != of_attempt:  # a later attempt owns the message now
+            raise StaleState(message_id, frm, expect or {frm},
+                             f" (attempt {of_attempt}; attempt {attempts} is the current one)")
         check_edge(message_id, frm, to)
         values: dict[str, Any] = {"state": to.value, "reason": reason, "updated_at": now, **fields}
         if frm is State.SENDING and to is not State.SENDING:

@@ -110,6 +110,23 @@ async def test_owner_guard_stops_a_worker_whose_lease_was_taken(store, make, que
     assert rec.state is S.SENT
 
 
+async def test_attempt_guard_stops_an_attempt_that_outlived_its_lease_under_the_same_owner(store, make, queue, clock):
+    """One dispatcher claims again what its own hanging attempt still holds: the owner is the same, the
+    attempt count is not, and the late outcome of attempt 1 must not overwrite attempt 2's state."""
+    await queue(store, make("m1"))
+    [first] = await store.claim(owner="d1", limit=1, lease=timedelta(seconds=30))
+    clock.advance(minutes=1)
+    assert await store.release_expired_leases() == ["m1"]
+    [second] = await store.claim(owner="d1", limit=1, lease=timedelta(seconds=30))
+    assert (first.attempts, second.attempts) == (1, 2)
+    with pytest.raises(StaleState, match="attempt 2 is the current one"):  # attempt 1's 451, late
+        await store.transition("m1", S.RETRY_WAIT, actor="d1", expect={S.SENDING}, of_attempt=first.attempts,
+                               next_attempt_at=clock.now + timedelta(minutes=5))
+    assert (await store.get("m1")).state is S.SENDING
+    rec = await store.transition("m1", S.SENT, actor="d1", expect={S.SENDING}, of_attempt=second.attempts)
+    assert rec.state is S.SENT
+
+
 async def test_refusals_before_any_write(store, make, sql, clock):
     await store.accept(make("m1"))
     audit_before = sql("SELECT count(*) FROM audit")
