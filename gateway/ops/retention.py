@@ -214,10 +214,17 @@ async def purge(store: Store, *, plaintext_after: timedelta = DEFAULT_PLAINTEXT_
     """Remove what is past its time (see the module docstring); ``dry_run``: only say what that is."""
     at = (now or store._now()).astimezone(timezone.utc)
     plan = PurgePlan(at, at - plaintext_after, years_before(at, keep_years), dry_run=dry_run)
-    if dry_run:
-        await store.run_read(_plan, plan)
-    else:
-        await store.run_write(_purge_tx, store, plan, actor)
+    # planning reads the whole store (seconds at a million messages): on a reader, so that the one
+    # writer (pick-up, sealing, delivery) is held only when something is due, and then planned again
+    # under its lock
+    await store.run_read(_plan, plan)
+    if not dry_run:
+        if any(plan.counts().values()):
+            plan = PurgePlan(at, plan.plaintext_before, plan.records_before, dry_run=False)
+            await store.run_write(_purge_tx, store, plan, actor)
+        else:  # nothing due: only the audit row that says the purge ran
+            await store.audit(action="retention.purge", object="store", actor=actor,
+                              result=" ".join(f"{k}={v}" for k, v in plan.counts().items()))
     log.info("retention.purge", dry_run=dry_run, **plan.counts())
     return plan
 
