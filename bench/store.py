@@ -50,6 +50,7 @@ import sqlalchemy  # noqa: E402
 
 from bench.common import machine, print_figures, write_result  # noqa: E402
 from gateway.store import MessageRecord, NewMessage, State, Store  # noqa: E402
+from gateway.store.chain import GENESIS, row_hash  # noqa: E402
 
 GOAL = 0.5
 ENTITY = os.urandom(20_000)
@@ -86,7 +87,22 @@ INSERT_PICKUP = ("INSERT INTO pickups (at, file_name, size, sha256, outcome, mes
                  "VALUES (?, ?, ?, ?, 'accepted', ?, ?)")
 INSERT_TRANSITION = ("INSERT INTO transitions (message_id, at, from_state, to_state, reason, attempt, remote_reply, "
                      "actor) VALUES (?, ?, ?, ?, ?, ?, NULL, ?)")
-INSERT_AUDIT = "INSERT INTO audit (at, action, object, result, origin, actor) VALUES (?, ?, ?, ?, 'gateway', ?)"
+INSERT_AUDIT = ("INSERT INTO audit (id, at, action, object, result, origin, actor, prev_hash, hash) "
+                "VALUES (?, ?, ?, ?, ?, 'gateway', ?, ?, ?)")
+AUDIT_HEAD = ("SELECT (SELECT id FROM audit ORDER BY id DESC LIMIT 1), (SELECT hash FROM audit ORDER BY id DESC LIMIT 1), "
+              "(SELECT seq FROM sqlite_sequence WHERE name = 'audit')")
+
+
+def audit(c: sqlite3.Connection, at: datetime, rows: list[tuple[str, str, str, str]]) -> None:
+    """Audit rows chained as the store chains them (gateway/store/chain.py): the head, a hash per row."""
+    last_id, prev, seq = c.execute(AUDIT_HEAD).fetchone()
+    next_id, prev = max(last_id or 0, seq or 0) + 1, prev or GENESIS
+    chained = []
+    for action, obj, result, actor in rows:
+        h = row_hash(prev, next_id, at, action, obj, result, "gateway", actor)
+        chained.append((next_id, ts(at), action, obj, result, actor, prev, h))
+        next_id, prev = next_id + 1, h
+    c.executemany(INSERT_AUDIT, chained)
 RETURNING = f"RETURNING {', '.join(COLS)}"
 
 
@@ -115,34 +131,37 @@ class Bare:
     def __init__(self, path: Path):
         self.conn = connect(path)
 
-    def _move(self, c: sqlite3.Connection, mid: str, to: State, now: str, extra: str = "",
+    def _move(self, c: sqlite3.Connection, mid: str, to: State, at: datetime, extra: str = "",
               params: tuple = ()) -> tuple:
+        now = ts(at)
         frm, _owner = c.execute("SELECT state, lease_owner FROM messages WHERE message_id = ?", (mid,)).fetchone()
         row = c.execute(f"UPDATE messages SET state = ?, reason = NULL, updated_at = ?{extra} "
                         f"WHERE message_id = ? AND state = ? {RETURNING}", (to.value, now, *params, mid, frm)
                         ).fetchone()
         c.execute(INSERT_TRANSITION, (mid, now, frm, to.value, None, row[COLS.index("attempts")], "bench"))
-        c.execute(INSERT_AUDIT, (now, "message.transition", mid, f"{frm} -> {to}", "bench"))
+        audit(c, at, [("message.transition", mid, f"{frm} -> {to}", "bench")])
         return row
 
     def accept(self, msg: NewMessage) -> None:
-        c, now = self.conn, ts(datetime.now(timezone.utc))
+        at = datetime.now(timezone.utc)
+        c, now = self.conn, ts(at)
         c.execute("BEGIN IMMEDIATE")
         c.execute(INSERT_MESSAGE, message_row(msg, State.RECEIVED, datetime.now(timezone.utc)))
         c.execute(INSERT_PICKUP, (now, msg.file_name, msg.size, msg.sha256, msg.message_id, msg.spool_path))
         c.execute(INSERT_TRANSITION, (msg.message_id, now, None, "received", None, 0, "pickup"))
-        c.execute(INSERT_AUDIT, (now, "message.accept", msg.message_id, "received", "pickup"))
+        audit(c, at, [("message.accept", msg.message_id, "received", "pickup")])
         c.execute("COMMIT")
 
     def transition(self, mid: str) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
-        self._move(self.conn, mid, State.HELD, ts(datetime.now(timezone.utc)), ", next_attempt_at = NULL")
+        self._move(self.conn, mid, State.HELD, datetime.now(timezone.utc), ", next_attempt_at = NULL")
         self.conn.execute("COMMIT")
 
     def save_sealed(self, mid: str) -> None:
-        c, now = self.conn, ts(datetime.now(timezone.utc))
+        at = datetime.now(timezone.utc)
+        c, now = self.conn, ts(at)
         c.execute("BEGIN IMMEDIATE")
-        self._move(c, mid, State.QUEUED, now, ", mic = ?, transport = ?, address = ?, next_attempt_at = ?",
+        self._move(c, mid, State.QUEUED, at, ", mic = ?, transport = ?, address = ?, next_attempt_at = ?",
                    ("mic", "smtp", "a@b.example", now))
         c.execute("DELETE FROM sealed WHERE message_id = ?", (mid,))
         c.execute("INSERT INTO sealed (message_id, entity, mic, profile, sealed_at) VALUES (?, ?, ?, ?, ?)",
@@ -150,7 +169,8 @@ class Bare:
         c.execute("COMMIT")
 
     def claim(self, limit: int) -> int:
-        c, now = self.conn, ts(datetime.now(timezone.utc))
+        at = datetime.now(timezone.utc)
+        c, now = self.conn, ts(at)
         until = ts(datetime.now(timezone.utc) + timedelta(minutes=5))
         c.execute("BEGIN IMMEDIATE")
         rows = c.execute("SELECT message_id, state FROM messages WHERE next_attempt_at <= ? ORDER BY priority DESC, "
@@ -162,7 +182,7 @@ class Bare:
                             f"WHERE message_id IN ({marks}) {RETURNING}", (now, "w", until, *ids)).fetchall()
         c.executemany(INSERT_TRANSITION, [(r[0], now, "queued", "sending", None, r[COLS.index("attempts")], "w")
                                           for r in changed])
-        c.executemany(INSERT_AUDIT, [(now, "message.transition", r[0], "queued -> sending", "w") for r in changed])
+        audit(c, at, [("message.transition", r[0], "queued -> sending", "w") for r in changed])
         c.execute("COMMIT")
         return len(changed)
 
