@@ -192,10 +192,12 @@ class Pickup:
             await self._duplicate(name, size, sha256, e.kind, facts.message_id, reason)
             return
         await asyncio.to_thread(outbox_fs.move, path, self.spool / spool_name)
+        # the spool copy is durable: sealing may start now, while the confirmation is committed (a
+        # crash before that commit is finished by `reconcile`, which finds the move already done)
+        result = self._accepted(facts.message_id)
         await self.store.confirm_accepted(sha256)
         log.info("picked-up", message_id=facts.message_id, type=facts.type, recipient=facts.recipient,
                  size=size, state=record.state.value)
-        result = self._accepted(facts.message_id)
         if asyncio.iscoroutine(result):
             await result
 
