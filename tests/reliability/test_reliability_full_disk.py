@@ -17,6 +17,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from disk_fill import fill
 from dropped import OWN_EXAMPLES, example, with_new_id
 from e2e_gateway import DaemonProcess, drop, make_setup, open_config, wait_for_states
 from gateway.store import State, Store
@@ -24,22 +25,6 @@ from gateway.store import State, Store
 DISK_KIB = 12 * 1024
 WARM = 3     # delivered before the disk fills (the store and its WAL have grown to their working size)
 DROPPED = 8  # dropped while the disk is full
-
-
-def fill(path: Path) -> int:
-    """Write `path` until the file system has no byte left; its size."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (1 << 20, 1 << 16, 4096, 512, 1):
-            chunk = b"\0" * size
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError as e:
-                assert e.errno == 28, e  # ENOSPC, nothing else
-    finally:
-        os.close(fd)
-    return path.stat().st_size
 
 
 def events(log_path: Path) -> list[dict]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 
+from disk_fill import fill
 from dropped import example, with_new_id
 from e2e_gateway import drop, make_setup, open_config, running, wait_for_states
 from gateway.store import State
@@ -29,22 +30,6 @@ from mailservers import free_port
 
 DISK_KIB = 1024
 PAGE = 4096  #: what tmpfs counts a file in: the .json (under 1 KiB) and the .xml (under 4 KiB) need a page each
-
-
-def fill(path: Path) -> int:
-    """Write `path` until the file system has no byte left; its size."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (1 << 16, 4096, 512, 1):
-            chunk = b"\0" * size
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError as e:
-                assert e.errno == 28, e  # ENOSPC, nothing else
-    finally:
-        os.close(fd)
-    return path.stat().st_size
 
 
 def inbox_files(inbox: Path) -> list[str]:
