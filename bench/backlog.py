@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(ROOT)]
 
-from bench.common import Daemon, machine, write_result  # noqa: E402
+from bench.common import Daemon, discard_work, machine, write_result  # noqa: E402
 from bench.pipeline import messages, run_smtp_source  # noqa: E402
 from e2e_gateway import drop, make_setup  # noqa: E402
 from mailservers import MailServers  # noqa: E402
@@ -116,8 +115,7 @@ async def main() -> int:
         baseline = run_smtp_source(servers, args.n, mail_bytes, cfg.limits.workers)
     finally:
         servers.stop()
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
+        discard_work(work)
 
     drain_s = last - back
     rate = args.n / max(1e-9, last - first)

@@ -68,7 +68,6 @@ import argparse
 import asyncio
 import logging
 import os
-import shutil
 import smtplib
 import statistics
 import subprocess
@@ -88,7 +87,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from adapters.as2.client import As2Client, As2Partner, As2Settings  # noqa: E402
-from bench.common import Daemon, bare_open, machine, percentile, rate, write_result  # noqa: E402
+from bench.common import bare_open, Daemon, discard_work, machine, percentile, rate, write_result  # noqa: E402
 from dropped import OWN_EXAMPLES, example, with_new_id  # noqa: E402
 from e2e_gateway import drop, make_setup  # noqa: E402
 from gateway.config import load_config  # noqa: E402
@@ -471,10 +470,7 @@ async def main() -> int:
             results.append(await run_route(route, work / route, servers, passwords, args))
     finally:
         servers.stop()
-        if os.environ.get("BENCH_KEEP"):
-            print(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        discard_work(work)
 
     figures = [f for r in results for f in figures_of(r, args.offered)]
     print(f"\nmachine: {os.cpu_count()} cores; {args.n} messages per route at once, then "

@@ -53,7 +53,6 @@ import logging
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -70,7 +69,7 @@ import cryptography  # noqa: E402
 import structlog  # noqa: E402
 
 from adapters.as2.client import As2Client, As2Partner, As2Response, As2Settings  # noqa: E402
-from bench.common import Daemon, bare_open, machine, percentile, rate, write_result  # noqa: E402
+from bench.common import bare_open, Daemon, discard_work, machine, percentile, rate, write_result  # noqa: E402
 from dropped import OWN_EXAMPLES, example, with_new_id  # noqa: E402
 from gateway.crypto.identity import Identity, load_pem_identity  # noqa: E402
 from gateway.crypto.profiles import COMPATIBLE, STRONG, EncryptionProfile  # noqa: E402
@@ -357,10 +356,7 @@ async def main() -> int:
             stages[profile.name] = await stage_costs(work / f"stages-{profile.name}", work / "rx" / "keys",
                                                      profile, args.stages)
     finally:
-        if os.environ.get("BENCH_KEEP"):
-            print(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        discard_work(work)
 
     print(f"\nmachine: {os.cpu_count()} cores, Python {platform.python_version()}, cryptography "
           f"{cryptography.__version__}; {args.n} messages per profile, {args.workers} connections, "

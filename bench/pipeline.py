@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]
 
-from common import Daemon, machine, percentile, write_result  # noqa: E402
+from common import Daemon, discard_work, machine, percentile, write_result  # noqa: E402
 from dropped import OWN_EXAMPLES, example, with_new_id  # noqa: E402
 from e2e_gateway import drop, make_setup  # noqa: E402
 from mailservers import MailServers  # noqa: E402
@@ -170,10 +169,7 @@ async def main() -> int:
         write_result(ROOT, "pipeline", results)
     finally:
         servers.stop()
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"kept: {work}")
+        discard_work(work)
     return 0
 
 

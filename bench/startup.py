@@ -50,7 +50,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -226,7 +225,7 @@ def main() -> int:
         print(json.dumps(bare(*args.bare)))
         return 0
 
-    from bench.common import machine, write_result
+    from bench.common import discard_work, machine, write_result
     from bench.store_scale import fill
     from dropped import OWN_EXAMPLES, example, with_new_id
     from e2e_gateway import drop, make_setup
@@ -281,10 +280,7 @@ def main() -> int:
         db_mb = sum(p.stat().st_size for p in db.parent.glob(db.name + "*")) / 2**20
     finally:
         servers.stop()
-        if os.environ.get("BENCH_KEEP"):
-            print(f"kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        discard_work(work)
 
     best_ready = min(r["to_ready_s"] for r in bare_runs)
     best_taken = min(r["to_taken_s"] for r in bare_runs)
