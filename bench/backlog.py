@@ -2,7 +2,9 @@
 
 A private Postfix (tests/mailservers.py) that accepts and discards is the relay. Its SMTP service is
 stopped; N example messages (every type, fresh ids) are dropped into the outbox of `nazorg-gateway run`
-(its own process) and wait in `retry_wait` after their first attempt finds the relay gone. Then:
+(its own process) and wait behind the dead relay: the first attempts find it gone, the dispatcher's
+breaker for the relay opens, and the rest wait in `queued` unclaimed (one probe per retry interval;
+"attempts while the relay was down" counts them all). Then:
 - start-up: the daemon is stopped (SIGTERM) and started again with the whole backlog in its store:
   seconds until it says `started`;
 - drain: the relay comes back; time from then until the last message is `sent`, the rate, and the
@@ -10,9 +12,9 @@ stopped; N example messages (every type, fresh ids) are dropped into the outbox 
   daemon's: memory that grows with N is a leak).
 The baseline, measured in the same run: `smtp-source` sending N mails of the gateway's average size to
 the same Postfix (connections reused), as in bench/pipeline.py. Ratio = drain rate / smtp-source rate.
-Retry timing is shortened for the run (first retry 20 s, at most 20 s), so the drain starts within 20 s
-of the relay's return; that wait is in the drain time, as it would be in production (where it is the
-retry schedule's).
+Retry timing is shortened for the run (first retry 20 s, at most 20 s), so the breaker's probe finds the
+relay back within 20 s of its return and the whole backlog is due at once; that wait is in the drain time,
+as it would be in production (where it is the retry schedule's).
 
     .venv/bin/python bench/backlog.py [-n 20000]
 """
@@ -86,8 +88,9 @@ async def main() -> int:
             started = time.monotonic()
             for mid, data in batch:
                 drop(cfg.folders.outbox, f"{mid}.xml", data)
-            await wait_states(store, ids, [State.RETRY_WAIT], timeout=max(600, args.n / 5))
+            waiting = await wait_states(store, ids, [State.QUEUED, State.RETRY_WAIT], timeout=max(600, args.n / 5))
             queued_s = time.monotonic() - started
+            tried_while_down = sum(r.attempts for r in waiting.values())
             peak_queueing = daemon.peak_rss_mb()
 
             print("start-up with the backlog in the store …", flush=True)
@@ -110,9 +113,13 @@ async def main() -> int:
         finally:
             await store.close()
             daemon.stop()
+        print(f"drained {args.n} in {last - back:.1f} s from the relay's return, {args.n / max(1e-9, last - first):.1f} "
+              f"msg/s from the first to the last sent; start-up {startup_s:.2f} s; queued in {queued_s:.0f} s; "
+              f"peak memory {peak:.0f} MB", flush=True)  # before the baseline: kept if that one fails
         mail_bytes = int(statistics.mean(sizes)) + 600
         print(f"baseline: smtp-source, {args.n} messages of {mail_bytes} bytes …", flush=True)
-        baseline = run_smtp_source(servers, args.n, mail_bytes, cfg.limits.workers)
+        baseline = run_smtp_source(servers, args.n, mail_bytes, cfg.limits.workers,
+                                   timeout=max(600, args.n / 10))  # 20,000 of ~20 kB on a busy machine: > 600 s
     finally:
         servers.stop()
         discard_work(work)
@@ -131,11 +138,11 @@ async def main() -> int:
     ]
     result = {"benchmark": "backlog", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "n": args.n, "queued_seconds": round(queued_s, 1),
-              "mean_attempts": round(attempts, 2), "figures": figures}
+              "mean_attempts": round(attempts, 2), "attempts_while_down": tried_while_down, "figures": figures}
     print(f"\nmachine: {os.cpu_count()} cores; {args.n} messages, queued behind the dead relay in {queued_s:.0f} s "
-          f"(mean attempts {attempts:.1f})")
+          f"({tried_while_down} attempts while the relay was down; mean attempts per message {attempts:.2f})")
     print(f"start-up of run with the backlog: {startup_s:.2f} s")
-    print(f"drain: {drain_s:.1f} s from the relay's return (first retry up to 20 s later); {rate:.1f} msg/s "
+    print(f"drain: {drain_s:.1f} s from the relay's return (the breaker's probe up to 20 s later); {rate:.1f} msg/s "
           f"vs smtp-source {baseline:.1f} msg/s: ratio {ratio:.2f} (goal >= {RATIO_GOAL}) "
           f"{'MET' if ratio >= RATIO_GOAL else 'NOT MET'}")
     print(f"peak memory of the daemon: {peak:.0f} MB while draining (the restarted process), {peak_queueing:.0f} MB "

@@ -101,11 +101,11 @@ async def run_gateway(cfg_path: Path, outbox: Path, store_url: str, batch: list[
         daemon.stop()
 
 
-def run_smtp_source(servers: MailServers, n: int, size: int, sessions: int) -> float:
+def run_smtp_source(servers: MailServers, n: int, size: int, sessions: int, *, timeout: float = 600) -> float:
     started = time.perf_counter()
     subprocess.run(["smtp-source", "-d", "-s", str(sessions), "-m", str(n), "-l", str(size),
                     "-f", "nazorg@pi-vught.example.nl", "-t", "nazorg@gemeente-0599.example.nl",
-                    f"{servers.smtp_host}:{servers.smtp_port}"], check=True, capture_output=True, timeout=600)
+                    f"{servers.smtp_host}:{servers.smtp_port}"], check=True, capture_output=True, timeout=timeout)
     return n / (time.perf_counter() - started)
 
 

@@ -18,7 +18,9 @@ How failures are classified (``.reason`` says it in operator words, never conten
 =====================================  =========================================================
 ``TemporaryFailure`` (retry later)     any 4xx; connection refused, reset or closed; timeouts;
                                        5xx to the greeting or EHLO (the relay's state, not the
-                                       message's)
+                                       message's). ``.connection`` is True when the relay itself
+                                       failed (session not opened, closed, timed out, 421), not
+                                       this mail (e.g. 451 to RCPT)
 ``PermanentFailure`` (do not retry)    5xx to MAIL, RCPT or DATA
 ``SecurityFailure`` (never downgrade)  no STARTTLS offered; STARTTLS or AUTH answered 5xx;
                                        TLS handshake or certificate failure; AUTH not offered
@@ -84,11 +86,15 @@ class RelaySettings:
 class SmtpFailure(Exception):
     """A send that did not end in acceptance. `reason` is for the operator and holds no content."""
 
-    def __init__(self, reason: str, *, code: int | None = None, remote_reply: str | None = None):
+    def __init__(self, reason: str, *, code: int | None = None, remote_reply: str | None = None,
+                 connection: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.code = code
         self.remote_reply = remote_reply
+        #: the relay itself failed, not this mail: unreachable, refused or deferred the session, closed the
+        #: connection, timed out, said 421; every mail would fail the same way now
+        self.connection = connection
 
 
 class TemporaryFailure(SmtpFailure):
@@ -281,16 +287,18 @@ class SmtpSender:
                                       remote_reply=reply) from exc
             what = {"connect": "refused the session", "EHLO": "refused EHLO", "STARTTLS": "deferred STARTTLS",
                     "AUTH": "deferred AUTH"}[step]
-            raise TemporaryFailure(f"relay {what}: {reply}", code=exc.code, remote_reply=reply) from exc
+            raise TemporaryFailure(f"relay {what}: {reply}", code=exc.code, remote_reply=reply,
+                                   connection=True) from exc
         if step == "AUTH" and isinstance(exc, aiosmtplib.SMTPException) \
                 and not isinstance(exc, (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError)):
             raise SecurityFailure(f"relay offers no usable AUTH mechanism: {_shown(str(exc))}: nothing sent") \
                 from exc
         if isinstance(exc, aiosmtplib.SMTPTimeoutError):
-            raise TemporaryFailure(f"timed out at {step} with relay {host}:{self._settings.port}") from exc
+            raise TemporaryFailure(f"timed out at {step} with relay {host}:{self._settings.port}",
+                                   connection=True) from exc
         if isinstance(exc, (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError)):
             raise TemporaryFailure(f"could not reach relay {host}:{self._settings.port} at {step}: "
-                                   f"{_shown(str(exc)) or type(exc).__name__}") from exc
+                                   f"{_shown(str(exc)) or type(exc).__name__}", connection=True) from exc
         raise exc
 
     # -- one mail -----------------------------------------------------------------------------
@@ -352,16 +360,17 @@ class SmtpSender:
                     self._drop()
             if step == "RSET":
                 self._drop()
-            raise cls(f"relay {what}: {reply}", code=exc.code, remote_reply=reply) from exc
+            raise cls(f"relay {what}: {reply}", code=exc.code, remote_reply=reply,
+                      connection=cls is TemporaryFailure and exc.code == 421) from exc
         if _ssl_cause(exc) is not None:
             self._drop()
             raise TemporaryFailure(f"TLS error during {step}: {_shown(str(exc))}") from exc
         if isinstance(exc, aiosmtplib.SMTPTimeoutError):
             self._drop()
-            raise TemporaryFailure(f"timed out waiting for the relay at {step}") from exc
+            raise TemporaryFailure(f"timed out waiting for the relay at {step}", connection=True) from exc
         if isinstance(exc, (aiosmtplib.SMTPServerDisconnected, OSError)):
             self._drop()
-            raise TemporaryFailure(f"relay closed the connection at {step}") from exc
+            raise TemporaryFailure(f"relay closed the connection at {step}", connection=True) from exc
         if isinstance(exc, aiosmtplib.SMTPException):
             self._drop()
             raise TemporaryFailure(f"SMTP error at {step}: {_shown(str(exc))}") from exc

@@ -8,6 +8,11 @@ first byte leaves, and its outcome committed before anything else happens:
 - temporary (4xx, timeout, down)  → `retry_wait`, exponential backoff with jitter, until `give_up_after`
 - permanent (5xx)                 → `failed`, operator alerted
 - security (no TLS, bad cert, auth refused) → `held`: never downgraded, never retried blindly
+A destination that is down (the relay or an AS2 URL unreachable, refusing, timing out: see
+`breaker.py`) is not tried message by message: its breaker opens (`destination-down`, an alert), its
+messages wait unclaimed without spending attempts, one probe goes at the retry policy's intervals, and
+when one gets through (`destination-up`) they are all due at once. Messages that reach the give-up
+horizon meanwhile fail as they would have at their next attempt (`queued`/`retry_wait` → `failed`).
 A crash leaves the lease, which expires and puts the message back in the queue:
 it is then sent again with the same message id (receivers drop duplicates).
 """
@@ -25,15 +30,22 @@ from pathlib import Path
 import structlog
 
 from adapters.outbox_fs import remove_plaintext
+from gateway.pipeline.breaker import Breakers, Down
 from gateway.pipeline.disk import no_space
-from gateway.pipeline.transports import Permanent, Security, Temporary, Transport
+from gateway.pipeline.transports import Destination, Permanent, Security, Temporary, Transport
 from gateway.store import MessageRecord, StaleState, State, Store
+from gateway.store.store import Link
 
 log = structlog.get_logger(__name__)
 #: seconds between tries while the disk is full
 DISK_FULL_RETRY = 5.0
 #: seconds between looks for expired leases (a crashed daemon's deliveries) while running
 LEASE_CHECK_EVERY = timedelta(seconds=5)
+#: messages failed at once at the give-up horizon of a destination that is down (one read each)
+GIVE_UP_BATCH = 500
+#: seconds between looks for work that found none while a destination is down: each look walks past its
+#: waiting messages (see `_claim_and_start`), and every message queued meanwhile wakes the dispatcher
+DOWN_LOOK_EVERY = 0.25
 
 
 class Dispatcher:
@@ -54,6 +66,9 @@ class Dispatcher:
         self._running: dict[str, asyncio.Task] = {}
         self._by_destination: Counter[str] = Counter()
         self._last_lease_check: datetime | None = None
+        self._started = 0  #: deliveries started since the start
+        #: per destination: open while it is down (in memory: a restart starts closed)
+        self.breakers = Breakers(retry, clock, self._rng)
 
     def wake(self) -> None:
         """New work may be due (called by the sealer and by operators)."""
@@ -68,8 +83,8 @@ class Dispatcher:
         try:
             while not stop.is_set():
                 try:
-                    await self._claim_and_start()
-                    await self._sleep(stopping)
+                    started = await self._claim_and_start()
+                    await self._sleep(stopping, idle=not started)
                     if len(self._running) < self.workers and self._lease_check_due():
                         for mid in await self.store.release_expired_leases():
                             log.warning("lease-expired", message_id=mid)
@@ -99,12 +114,16 @@ class Dispatcher:
         self._last_lease_check = now
         return True
 
-    async def _sleep(self, stopping: asyncio.Task) -> None:
+    async def _sleep(self, stopping: asyncio.Task, *, idle: bool = False) -> None:
+        if idle and self.breakers.down():
+            await asyncio.wait({stopping}, timeout=DOWN_LOOK_EVERY)
         timeout = 5.0
         if len(self._running) < self.workers:
-            due = await self.store.next_due()
-            if due is not None:
-                timeout = min(timeout, max(0.0, (due - self._clock()).total_seconds()))
+            due = await self.store.next_due(self.breakers.links())
+            probe = self.breakers.next_probe()
+            for at in (due, probe):
+                if at is not None:
+                    timeout = min(timeout, max(0.0, (at - self._clock()).total_seconds()))
         self._wake.clear()
         waking = asyncio.create_task(self._wake.wait())
         try:
@@ -112,7 +131,20 @@ class Dispatcher:
         finally:
             waking.cancel()
 
-    async def _claim_and_start(self) -> None:
+    async def _claim_and_start(self) -> int:
+        """Start what is due; how many deliveries were started."""
+        before = self._started
+        for down in self.breakers.probes_due():
+            if len(self._running) >= self.workers:
+                break
+            await self._probe(down)
+        down_links = self.breakers.links()
+        if down_links and len(self._running) < self.workers:
+            # a destination is down: its due messages are walked past by every claim, a write that would
+            # hold the store's writer for it (~100 ms at 20,000); look first, with a read
+            due = await self.store.next_due(down_links)
+            if due is None or due > self._clock():
+                return self._started - before
         while len(self._running) < self.workers:
             full = {d for d, n in self._by_destination.items() if n >= self._limit(d)}
             # one claim must not hand out more for a destination than it has room for: claim no
@@ -122,14 +154,77 @@ class Dispatcher:
                      and f"pi:{code}" not in self._by_destination]
             batch = max(1, min([self.workers - len(self._running), self.default_per_destination, *room]))
             claimed = await self.store.claim(owner=self.owner, limit=batch, lease=self.lease,
-                                             exclude_destinations=full)
+                                             exclude_destinations=full, exclude_down=down_links)
             if not claimed:
-                return
+                break
             for record in claimed:
-                self._by_destination[record.recipient] += 1
-                task = asyncio.create_task(self._deliver(record), name=f"deliver-{record.message_id}")
-                self._running[record.message_id] = task
-                task.add_done_callback(lambda t, r=record: self._done(r))
+                self._start(record)
+        return self._started - before
+
+    def _start(self, record: MessageRecord, *, probe: bool = False) -> None:
+        self._started += 1
+        self._by_destination[record.recipient] += 1
+        task = asyncio.create_task(self._deliver(record, probe=probe), name=f"deliver-{record.message_id}")
+        self._running[record.message_id] = task
+        task.add_done_callback(lambda t, r=record: self._done(r))
+
+    async def _probe(self, down: Down) -> None:
+        """A destination that is down is due for a probe: first fail what reached the give-up horizon
+        while it waited, then send one message (the one due first) to see whether it is back."""
+        await self._give_up_waiting(down)
+        record = await self.store.claim_probe(owner=self.owner, lease=self.lease, link=down.link)
+        if record is None:  # nothing waits for it: look again an interval later
+            down.next_probe_at = self._clock() + self.retry.delay(down.failures, self._rng)
+            return
+        down.probing = record.message_id
+        log.info("destination-probe", destination=down.key, message_id=record.message_id, probe=down.failures)
+        self._start(record, probe=True)
+
+    async def _give_up_waiting(self, down: Down) -> None:
+        """Messages held back by an open breaker fail at the give-up horizon, as they would have at their
+        next attempt: with the attempts they had and the destination's failure as the reason."""
+        while True:
+            now = self._clock()
+            batch = await self.store.waiting_past(down.link, now - self.retry.give_up_after, limit=GIVE_UP_BATCH)
+            results = await asyncio.gather(*(self._give_up(r, down, now) for r in batch), return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, StaleState):
+                    raise result
+            if len(batch) < GIVE_UP_BATCH:
+                return
+
+    async def _give_up(self, record: MessageRecord, down: Down, now: datetime) -> None:
+        reason = (f"gave up after {record.attempts} attempts over {_days(now - record.received_at)}: "
+                  f"{down.key} is down: {down.reason}")
+        await self.store.transition(record.message_id, State.FAILED, reason=reason, actor=self.owner,
+                                    expect=[State.QUEUED, State.RETRY_WAIT])
+        log.error("failed", message_id=record.message_id, type=record.type, recipient=record.recipient,
+                  attempt=record.attempts, transport=record.transport, reason=reason, alert=True)
+
+    def _destination(self, record: MessageRecord, transport: Transport) -> tuple[str, Link]:
+        name = record.transport or ""
+        find = getattr(transport, "destination", None)
+        d = find(record.address) if find is not None else Destination(f"{name} {record.address}", record.address)
+        return d.key, (name, d.address)
+
+    async def _reached(self, key: str, link: Link) -> None:
+        """A delivery reached the destination (whatever the answer): if it was down, it is back."""
+        down = self.breakers.reached(key)
+        if down is None:
+            return
+        due = await self.store.due_now(link)
+        log.warning("destination-up", destination=key, down_for=_span(self._clock() - down.since),
+                    failed_probes=down.failures - 1, was=down.reason, made_due=due)
+        self._wake.set()
+
+    def _unreachable(self, key: str, link: Link, reason: str, began: datetime, probe: bool) -> None:
+        opened = self.breakers.failed(key, link, reason, began=began, probe=probe)
+        if opened is not None:
+            log.error("destination-down", destination=key, reason=reason, alert=True,
+                      next_probe_in=_span(opened.next_probe_at - self._clock()))
+        elif probe and (down := next((d for d in self.breakers.down() if d.key == key), None)) is not None:
+            log.info("destination-still-down", destination=key, reason=reason, failed_probes=down.failures - 1,
+                     next_probe_in=_span(down.next_probe_at - self._clock()))
 
     def _limit(self, destination: str) -> int:
         return self.per_destination.get(destination.split(":", 1)[-1], self.default_per_destination)
@@ -141,33 +236,47 @@ class Dispatcher:
             del self._by_destination[record.recipient]
         self._wake.set()
 
-    async def _deliver(self, record: MessageRecord) -> None:
+    async def _deliver(self, record: MessageRecord, *, probe: bool = False) -> None:
         log_ = log.bind(message_id=record.message_id, type=record.type, recipient=record.recipient,
                         attempt=record.attempts, transport=record.transport)
         transport = self.transports.get(record.transport or "")
         if transport is None:
             await self._settle(record, State.HELD, f"transport {record.transport!r} is not available", log_)
             return
+        key, link = self._destination(record, transport)
+        began = self._clock()
         try:
-            entity = await self.store.sealed(record.message_id)
-            handed = await transport.send(message_id=record.message_id, message_type=record.type,
-                                          address=record.address, entity=entity, mic=record.mic)
-        except Temporary as e:
-            await self._retry_or_fail(record, e.reason, e.remote_reply, log_)
-        except Permanent as e:
-            await self._settle(record, State.FAILED, f"refused permanently: {e.reason}", log_, e.remote_reply)
-        except Security as e:
-            await self._settle(record, State.HELD, f"security failure, nothing sent: {e.reason}", log_, e.remote_reply)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # a bug must not lose the message: back to the queue after a pause
-            log_.exception("delivery-error")
-            await self._retry_or_fail(record, f"internal error while sending ({type(e).__name__})", None, log_)
-        else:
-            recorded = await self._settle(record, State.SENT, "the next hop accepted the message", log_,
-                                          handed.remote_reply, mail_message_id=handed.transport_id)
-            if handed.receipt is not None and recorded:  # else the attempt that owns it now gets the receipt again
-                await self._receipt(record, handed.receipt, log_)
+            try:
+                entity = await self.store.sealed(record.message_id)
+                handed = await transport.send(message_id=record.message_id, message_type=record.type,
+                                              address=record.address, entity=entity, mic=record.mic)
+            except Temporary as e:
+                if e.connection:  # the destination, not this message: its breaker opens (before the claims go on)
+                    self._unreachable(key, link, e.reason, began, probe)
+                else:
+                    await self._reached(key, link)
+                await self._retry_or_fail(record, e.reason, e.remote_reply, log_)
+            except Permanent as e:
+                await self._reached(key, link)
+                await self._settle(record, State.FAILED, f"refused permanently: {e.reason}", log_, e.remote_reply)
+            except Security as e:
+                await self._reached(key, link)
+                await self._settle(record, State.HELD, f"security failure, nothing sent: {e.reason}", log_,
+                                   e.remote_reply)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug must not lose the message: back to the queue after a pause
+                log_.exception("delivery-error")
+                await self._retry_or_fail(record, f"internal error while sending ({type(e).__name__})", None, log_)
+            else:
+                await self._reached(key, link)
+                recorded = await self._settle(record, State.SENT, "the next hop accepted the message", log_,
+                                              handed.remote_reply, mail_message_id=handed.transport_id)
+                if handed.receipt is not None and recorded:  # else the attempt that owns it now gets the receipt again
+                    await self._receipt(record, handed.receipt, log_)
+        finally:
+            if probe:  # a probe that ended without a verdict (a stop, a bug): the next one later
+                self.breakers.probe_ended(key, record.message_id)
 
     async def _receipt(self, record: MessageRecord, check, log_) -> None:
         """A receipt that came with the answer (AS2): only a matching signed one proves anything."""

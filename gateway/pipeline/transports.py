@@ -29,7 +29,11 @@ class DeliveryFailure(Exception):
 
 
 class Temporary(DeliveryFailure):
-    pass
+    def __init__(self, reason: str, remote_reply: str | None = None, *, connection: bool = False):
+        super().__init__(reason, remote_reply)
+        #: the destination itself failed (unreachable, refused the connection or session, timed out):
+        #: every message to it would fail the same way now, so the dispatcher's breaker opens
+        self.connection = connection
 
 
 class Permanent(DeliveryFailure):
@@ -50,10 +54,21 @@ class Handed:
     receipt: ReceiptCheck | None = None
 
 
+@dataclass(frozen=True)
+class Destination:
+    """What a delivery to an address connects to: what the dispatcher's breaker opens and closes."""
+
+    key: str  #: for operators and logs, e.g. "email relay 127.0.0.1:25" (no personal data)
+    #: the route address it covers; None: every address of its transport (all mail goes through one relay)
+    address: str | None
+
+
 class Transport(Protocol):
     async def send(self, *, message_id: str, message_type: str, address: str, entity: bytes, mic: str) -> Handed: ...
 
     async def close(self) -> None: ...
+
+    def destination(self, address: str) -> Destination: ...
 
 
 class EmailTransport:
@@ -68,6 +83,10 @@ class EmailTransport:
         self._all = [SmtpSender(settings) for _ in range(max(1, connections))]
         for s in self._all:
             self._senders.put_nowait(s)
+        self._destination = Destination(f"email relay {settings.host}:{settings.port}", None)
+
+    def destination(self, address: str) -> Destination:
+        return self._destination  # one relay for every address
 
     async def send(self, *, message_id: str, message_type: str, address: str, entity: bytes, mic: str) -> Handed:
         mail = compose_mail(sealed_entity=entity, message_id=message_id, label=message_type,
@@ -82,7 +101,7 @@ class EmailTransport:
         except PermanentFailure as e:
             raise Permanent(e.reason, e.remote_reply) from None
         except TemporaryFailure as e:
-            raise Temporary(e.reason, e.remote_reply) from None
+            raise Temporary(e.reason, e.remote_reply, connection=e.connection) from None
         finally:
             self._senders.put_nowait(sender)
         return Handed(accepted.reply, mail.mail_message_id)
@@ -107,6 +126,9 @@ class PlatformTransport:
         self._trust_pem = trust_pem
         self._clients: dict[str, As2Client] = {}
 
+    def destination(self, address: str) -> Destination:
+        return Destination(f"platform {address}", address)
+
     def _client(self, url: str) -> As2Client:
         client = self._clients.get(url)
         if client is None:
@@ -125,8 +147,8 @@ class PlatformTransport:
             raise Security(e.reason, e.remote_reply) from None
         except As2Permanent as e:
             raise Permanent(e.reason, e.remote_reply) from None
-        except As2Temporary as e:
-            raise Temporary(e.reason, e.remote_reply) from None
+        except As2Temporary as e:  # no HTTP answer, or a gateway in front of the partner without one
+            raise Temporary(e.reason, e.remote_reply, connection=e.status in (None, 502, 503, 504)) from None
         reply = f"HTTP {response.status}"
         if response.mdn_entity is None:  # an asynchronous receipt will follow (or none was given)
             return Handed(reply + ", no synchronous receipt", response.as2_message_id)

@@ -412,6 +412,17 @@ def _v6_metric_counters(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
+def _v7_due_index_with_links(conn: Connection) -> None:
+    """The claim's index also carries transport and address: while a destination is down the claims and
+    the look for the next due time walk past its waiting messages in the index alone (before: a row read
+    each, some 100-300 ms at 20,000)."""
+    conn.exec_driver_sql("DROP INDEX ix_messages_due")
+    m = Table("messages", MetaData(), autoload_with=conn)
+    Index("ix_messages_due", m.c.priority.desc(), m.c.next_attempt_at, m.c.received_at, m.c.message_id,
+          m.c.recipient, m.c.state, m.c.transport, m.c.address,
+          sqlite_where=m.c.next_attempt_at.is_not(None), postgresql_where=m.c.next_attempt_at.is_not(None)).create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
     Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
@@ -420,6 +431,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "status counters kept by triggers, index for the oldest open message per destination",
               _v5_status_counters),
     Migration(6, "metric counters and latency histograms kept by triggers", _v6_metric_counters),
+    Migration(7, "the claim's index carries transport and address (destinations that are down)",
+              _v7_due_index_with_links),
 )
 
 

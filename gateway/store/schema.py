@@ -90,9 +90,11 @@ messages = Table(
     CheckConstraint("(state IN ('queued', 'retry_wait')) = (next_attempt_at IS NOT NULL)",
                     name="ck_messages_due_when_waiting"),
 )
-# The claim walks this in dispatch order and stops at its limit: no sort of the whole backlog.
+# The claim walks this in dispatch order and stops at its limit: no sort of the whole backlog. It carries
+# what the claim filters on (recipient, transport and address: per-destination limits, destinations that
+# are down), so the walk past excluded messages reads the index only.
 Index("ix_messages_due", messages.c.priority.desc(), messages.c.next_attempt_at, messages.c.received_at,
-      messages.c.message_id, messages.c.recipient, messages.c.state,
+      messages.c.message_id, messages.c.recipient, messages.c.state, messages.c.transport, messages.c.address,
       sqlite_where=messages.c.next_attempt_at.is_not(None), postgresql_where=messages.c.next_attempt_at.is_not(None))
 
 # One row per file taken from the outbox, whatever became of it.

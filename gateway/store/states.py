@@ -37,7 +37,8 @@ TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType({
     S.RECEIVED: frozenset({S.HELD, S.QUEUED, S.FAILED, S.CANCELLED}),
     S.REJECTED: frozenset(),
     S.HELD: frozenset({S.QUEUED, S.HELD, S.CANCELLED}),  # held -> held: a new reason
-    S.QUEUED: frozenset({S.SENDING, S.HELD, S.CANCELLED}),
+    # queued -> failed: the give-up horizon passed while its destination was down (never tried meanwhile)
+    S.QUEUED: frozenset({S.SENDING, S.HELD, S.CANCELLED, S.FAILED}),
     # sending -> held: a security failure; -> queued: lease released on a graceful stop
     S.SENDING: frozenset({S.SENT, S.RETRY_WAIT, S.FAILED, S.HELD, S.QUEUED}),
     S.RETRY_WAIT: frozenset({S.SENDING, S.FAILED, S.HELD, S.CANCELLED, S.QUEUED}),

@@ -207,22 +207,39 @@ _DUE = (select(m.message_id, m.state).where(m.next_attempt_at <= bindparam("_now
         .order_by(m.priority.desc(), m.next_attempt_at, m.received_at, m.message_id)
         .limit(bindparam("_limit")).with_for_update(skip_locked=True))
 _DUE_EXCLUDING = _DUE.where(m.recipient.not_in(bindparam("_exclude", expanding=True)))
+#: a (transport, address) pair whose destination is down; address None: every address of that transport
+#: (e-mail: one relay carries every address)
+Link = tuple[str, "str | None"]
 
 
-def _claim_statement(now: datetime, limit: int,
-                     exclude_destinations: Collection[str]) -> tuple[Select[Any], dict[str, Any]]:
+def _on_link(link: Link) -> Any:
+    transport, address = link
+    return m.transport == transport if address is None else and_(m.transport == transport, m.address == address)
+
+
+def _off_links(links: Collection[Link]) -> Any:
+    """Rows on none of ``links`` (a row without transport or address is on none)."""
+    return and_(*(or_(m.transport.is_(None), m.address.is_(None), ~_on_link(link)) for link in links))
+
+
+def _claim_statement(now: datetime, limit: int, exclude_destinations: Collection[str],
+                     exclude_down: Collection[Link] = ()) -> tuple[Select[Any], dict[str, Any]]:
     params: dict[str, Any] = {"_now": now, "_limit": limit}
-    if not exclude_destinations:
-        return _DUE, params
-    return _DUE_EXCLUDING, params | {"_exclude": list(exclude_destinations)}
+    statement = _DUE
+    if exclude_destinations:
+        statement, params = _DUE_EXCLUDING, params | {"_exclude": list(exclude_destinations)}
+    if exclude_down:  # rare (a destination is down): built each time
+        statement = statement.where(_off_links(exclude_down))
+    return statement, params
 
 
-def claim_query(now: datetime, limit: int, exclude_destinations: Collection[str] = ()) -> Select[Any]:
+def claim_query(now: datetime, limit: int, exclude_destinations: Collection[str] = (),
+                exclude_down: Collection[Link] = ()) -> Select[Any]:
     """The claim's query with its values bound (``claim`` runs the same statement, built once).
 
     ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, nothing on SQLite.
     """
-    statement, params = _claim_statement(now, limit, exclude_destinations)
+    statement, params = _claim_statement(now, limit, exclude_destinations, exclude_down)
     return statement.params(params)
 
 
@@ -561,17 +578,18 @@ class Store:
                  result=f"{before[r.message_id]} {result}", origin=self.origin, actor=actor) for r in records])
         return records
 
-    async def claim(self, *, owner: str, limit: int, lease: timedelta,
-                    exclude_destinations: Collection[str] = ()) -> list[MessageRecord]:
+    async def claim(self, *, owner: str, limit: int, lease: timedelta, exclude_destinations: Collection[str] = (),
+                    exclude_down: Collection[Link] = ()) -> list[MessageRecord]:
         """Take up to ``limit`` due messages (``queued``/``retry_wait``, due) -> ``sending`` under ``owner``'s lease.
 
         Order: priority (high first), then due time, then arrival. Messages to a recipient in
-        ``exclude_destinations`` are left alone. Each claim counts an attempt.
+        ``exclude_destinations``, and messages on a link in ``exclude_down`` ((transport, address or
+        None for every address), a destination that is down), are left alone. Each claim counts an attempt.
         """
         if limit <= 0:
             return []
         now = self._now()
-        query, params = _claim_statement(now, limit, exclude_destinations)
+        query, params = _claim_statement(now, limit, exclude_destinations, exclude_down)
 
         def tx(conn: Connection) -> list[MessageRecord]:
             rows = conn.execute(query, params).all()
@@ -582,6 +600,47 @@ class Store:
                                    None, owner)
 
         return await self._run.write(tx)
+
+    async def claim_probe(self, *, owner: str, lease: timedelta, link: Link) -> MessageRecord | None:
+        """Take the one waiting message on ``link`` (a destination that is down) that is due first, due or
+        not yet, -> ``sending``: the probe whether the destination is back. Counts an attempt."""
+        now = self._now()
+        query = (select(m.message_id, m.state).where(m.state.in_(_WAITING), _on_link(link))
+                 .order_by(m.next_attempt_at, m.priority.desc(), m.received_at, m.message_id).limit(1)
+                 .with_for_update(skip_locked=True))
+
+        def tx(conn: Connection) -> list[MessageRecord]:
+            rows = conn.execute(query).all()
+            if not rows:
+                return []
+            return self._move_many(conn, _CLAIMED, rows, State.SENDING, now,
+                                   dict(lease_owner=owner, lease_until=now + lease, next_attempt_at=None),
+                                   "probe: is the destination back?", owner)
+
+        claimed = await self._run.write(tx)
+        return claimed[0] if claimed else None
+
+    async def due_now(self, link: Link) -> int:
+        """Every waiting message on ``link`` becomes due now (its destination is back); how many were waiting
+        for a later time. Not a state change: no transition rows."""
+        now = self._now()
+        statement = (update(messages).where(m.state.in_(_WAITING), m.next_attempt_at > now, _on_link(link))
+                     .values(next_attempt_at=now, updated_at=now))
+
+        def tx(conn: Connection) -> int:
+            return conn.execute(statement).rowcount
+
+        return await self._run.write(tx)
+
+    async def waiting_past(self, link: Link, horizon: datetime, *, limit: int = 500) -> list[MessageRecord]:
+        """Waiting messages on ``link`` that arrived at or before ``horizon`` and were not sent again by a
+        person after it (``failed -> queued``: a resend gets the whole retry period anew). Oldest first."""
+        t = transitions.c
+        resent = (select(t.message_id).where(t.message_id == m.message_id, t.from_state == State.FAILED.value,
+                                             t.to_state == State.QUEUED.value, t.at > horizon).exists())
+        query = (select(*_RECORD_COLS).where(m.state.in_(_WAITING), _on_link(link), m.received_at <= horizon, ~resent)
+                 .order_by(m.received_at, m.message_id).limit(limit))
+        return await self._run.read(_records, query)
 
     async def renew_lease(self, message_id: str, owner: str, lease: timedelta) -> datetime:
         """Extend ``owner``'s lease; ``StaleState`` when the message is no longer sending under it."""
@@ -707,9 +766,13 @@ class Store:
             .order_by(m.sent_at, m.message_id)
         return await self._run.read(_records, query)
 
-    async def next_due(self) -> datetime | None:
-        """When the dispatcher has work next (may be in the past: work is due now)."""
-        return await self._run.read(_scalar, select(func.min(m.next_attempt_at)).where(m.state.in_(_WAITING)), {})
+    async def next_due(self, exclude_down: Collection[Link] = ()) -> datetime | None:
+        """When the dispatcher has work next (may be in the past: work is due now); ``exclude_down`` as in
+        ``claim``."""
+        query = select(func.min(m.next_attempt_at)).where(m.state.in_(_WAITING))
+        if exclude_down:  # waiting = due at some time (a CHECK): the claim's index alone answers this
+            query = select(func.min(m.next_attempt_at)).where(m.next_attempt_at.is_not(None), _off_links(exclude_down))
+        return await self._run.read(_scalar, query, {})
 
     async def next_lease_expiry(self) -> datetime | None:
         """The earliest lease end among ``sending`` messages (when ``release_expired_leases`` has work)."""

@@ -188,8 +188,8 @@ async def test_relay_down_then_back(tmp_path, mail_servers, mail_users):
             ids.append(mid)
             drop(cfg.folders.outbox, name, data)
         await wait_for_states(gateway.store, ids, [State.RETRY_WAIT])
-        await asyncio.sleep(2.5)  # a few more attempts against the dead relay
-        assert all(r.attempts >= 2 for r in [await gateway.store.get(m) for m in ids])
+        await asyncio.sleep(2.5)  # the relay's breaker is open: a probe or two against it, one message each
+        assert any(r.attempts >= 2 for r in [await gateway.store.get(m) for m in ids])
         mail_servers.start_smtp()
         await wait_for_states(gateway.store, ids, [State.DELIVERED])
 
