@@ -25,7 +25,10 @@ class OverdueWatch:
     async def check(self) -> list[str]:
         """Alert for every message newly overdue; return their ids."""
         new = []
-        for record in await self.store.sent_without_receipt(self._clock() - self.overdue_after):
+        overdue = await self.store.sent_without_receipt(self._clock() - self.overdue_after)
+        # remember only what is overdue now: one that got its receipt (or left `sent`) is forgotten
+        self._alerted &= {record.message_id for record in overdue}
+        for record in overdue:
             if record.message_id in self._alerted:
                 continue
             self._alerted.add(record.message_id)

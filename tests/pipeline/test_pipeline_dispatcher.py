@@ -218,6 +218,26 @@ async def test_sent_without_receipt_past_the_limit_alerts_once(store):
     assert await early.check() == []
 
 
+async def test_the_overdue_watch_forgets_a_message_once_it_has_its_receipt(store):
+    """The ids alerted are kept only while the messages stay overdue (before: one id per overdue message
+    for the daemon's lifetime, a set that only grew)."""
+    from gateway.pipeline.overdue import OverdueWatch
+
+    ids = [await queued(store) for _ in range(3)]
+
+    async def sent():
+        return set((await states(store, ids)).values()) == {State.SENT}
+    await run_until(dispatcher(store, ScriptedTransport()), sent)
+    watch = OverdueWatch(store, timedelta(hours=24), clock=lambda: datetime.now(timezone.utc) + timedelta(hours=25))
+    assert sorted(await watch.check()) == sorted(ids)
+    assert watch._alerted == set(ids)
+    await store.transition(ids[0], State.DELIVERED, reason="test: a DSN came", actor="test")
+    assert await watch.check() == [] and watch._alerted == set(ids[1:])  # still overdue: no second alert
+    for mid in ids[1:]:
+        await store.transition(mid, State.DELIVERED, reason="test: a DSN came", actor="test")
+    assert await watch.check() == [] and watch._alerted == set()
+
+
 async def test_a_route_whose_transport_is_not_running_is_held(store):
     mid = await queued(store)
     d = Dispatcher(store=store, transports={}, workers=1, per_destination={}, default_per_destination=1,
