@@ -1,7 +1,7 @@
 """The chain's deadlines per dossier (source section VI), computed from the messages themselves.
 
-Calendar: Dutch working days in Europe/Amsterdam. The holiday set is ``holidays.NL`` with the
-categories PUBLIC and OPTIONAL, i.e. the days of the Algemene termijnenwet: New Year, Good Friday,
+Calendar: Dutch working days in Europe/Amsterdam. The holiday set is ``holidays.NL`` (its module alone)
+with the categories PUBLIC and OPTIONAL, i.e. the days of the Algemene termijnenwet: New Year, Good Friday,
 Easter, King's Day (the Saturday before when 27 April is a Sunday), Liberation Day (5 May) EVERY
 year, Ascension, Whitsun and Christmas. The package's PUBLIC set alone counts 5 May only in
 lustrum years; statutory time limits count it every year, so a deadline never falls on it.
@@ -18,7 +18,9 @@ so a new start or release date moves the due dates.
 from __future__ import annotations
 
 import heapq
+import importlib.util
 import itertools
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -40,9 +42,25 @@ DUE_SOON_DAYS = 2
 STEPS = ("meldingsbericht", "gemeenteblad", "basisdocument", "overdrachtsdocument", "ontslagbericht")
 
 
+def _netherlands() -> type[holidays.HolidayBase]:
+    """The package's Netherlands class, loaded from its own module alone. ``holidays.NL`` (and any import
+    of ``holidays.countries.netherlands``) runs ``holidays/countries/__init__.py``, which imports all ~250
+    countries' modules: some 8-10 MB of memory for the life of the daemon, for one calendar."""
+    name = "_gateway_holidays_nl"
+    if name not in sys.modules:
+        path = Path(holidays.__file__).parent / "countries" / "netherlands.py"
+        if not path.is_file():  # another layout of the package: the same class, at the larger cost
+            return holidays.NL
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name].Netherlands
+
+
 @lru_cache(maxsize=64)
 def _holidays(year: int) -> holidays.HolidayBase:
-    return holidays.NL(years=year, categories=(holidays.PUBLIC, holidays.OPTIONAL))
+    return _netherlands()(years=year, categories=(holidays.PUBLIC, holidays.OPTIONAL))
 
 
 def holiday_name(d: date) -> str | None:

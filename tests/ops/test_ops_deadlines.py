@@ -37,6 +37,24 @@ def test_liberation_day_counts_every_year_not_only_in_lustrum_years():
     assert not is_working_day(date(2025, 5, 5))
 
 
+def test_the_calendar_is_the_packages_dutch_one_without_loading_every_country():
+    """Only the Netherlands module of ``holidays`` is loaded (``holidays.NL`` imports all ~250 countries,
+    ~10 MB for the daemon's life); the days and their names are those of ``holidays.NL``."""
+    import subprocess
+    import sys
+
+    import holidays
+
+    from gateway.ops.deadlines import _holidays
+    for year in range(1990, 2061):
+        assert dict(_holidays(year)) == dict(holidays.NL(years=year, categories=(holidays.PUBLIC, holidays.OPTIONAL)))
+    probe = ("import sys; from datetime import date; from gateway.ops.deadlines import is_working_day; "
+             "assert not is_working_day(date(2026, 5, 5)); "
+             "print(sorted(m for m in sys.modules if m.startswith('holidays.countries')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 NOW = datetime(2025, 9, 20, 12, tzinfo=timezone.utc)
 
 
