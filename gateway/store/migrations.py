@@ -423,6 +423,14 @@ def _v7_due_index_with_links(conn: Connection) -> None:
           sqlite_where=m.c.next_attempt_at.is_not(None), postgresql_where=m.c.next_attempt_at.is_not(None)).create(conn)
 
 
+def _v8_dossier_indexes(conn: Connection) -> None:
+    """Messages and arrivals by dossier: the deadline watch recomputes each dossier that changed (an ``IN``
+    list of dossiers, in dossier order) by reading those dossiers' rows only, instead of a scan of every
+    message ever stored and a sort."""
+    conn.exec_driver_sql("CREATE INDEX ix_messages_dossier ON messages (dossier)")
+    conn.exec_driver_sql("CREATE INDEX ix_inbound_dossier ON inbound (dossier)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
     Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
@@ -433,6 +441,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "metric counters and latency histograms kept by triggers", _v6_metric_counters),
     Migration(7, "the claim's index carries transport and address (destinations that are down)",
               _v7_due_index_with_links),
+    Migration(8, "messages and arrivals by dossier (the deadline watch's recomputation)", _v8_dossier_indexes),
 )
 
 

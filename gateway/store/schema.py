@@ -86,6 +86,7 @@ messages = Table(
     Index("ix_messages_sha256", "sha256"),
     Index("ix_messages_received_at", "received_at", "message_id"),  # list(): newest first, paged
     Index("ix_messages_sender", "sender"),  # list(party=...) with ix_messages_recipient
+    Index("ix_messages_dossier", "dossier"),  # the deadline watch: a changed dossier's messages (migration 8)
     # waiting (queued, retry_wait) exactly when due at some time: the claim's partial index relies on it
     CheckConstraint("(state IN ('queued', 'retry_wait')) = (next_attempt_at IS NOT NULL)",
                     name="ck_messages_due_when_waiting"),
@@ -227,6 +228,7 @@ inbound = Table(
     Column("receipt", LargeBinary),  # the signed MDN entity as sent
     Index("ix_inbound_transport_id", "transport", "transport_message_id"),
     Index("ix_inbound_received_at", "received_at"),
+    Index("ix_inbound_dossier", "dossier"),  # the deadline watch: a changed dossier's arrivals (migration 8)
     CheckConstraint("outcome IN ('accepted', 'refused')", name="ck_inbound_outcome"),
 )
 

@@ -136,3 +136,18 @@ async def test_a_naive_clock_or_header_time_is_refused(store, make, clock):
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.accept(make("m1"))
     assert await store.list() == []
+
+
+async def test_the_deadline_watch_reads_a_changed_dossier_by_its_index(store, sql):
+    """The watch recomputes the dossiers that changed: their rows come from the dossier indexes (migration
+    8), in dossier order, never a scan of every message (or arrival) ever stored nor a sort of it."""
+    from sqlalchemy.dialects import sqlite
+
+    from gateway.ops.deadlines import _queries
+
+    for query, index, table in zip(_queries(["VUG-2025-000001", "VUG-2025-000002"]),
+                                   ("ix_messages_dossier", "ix_inbound_dossier"), ("messages", "inbound")):
+        compiled = query.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True})
+        plan = [row[-1] for row in sql("EXPLAIN QUERY PLAN " + str(compiled), *["x"] * str(compiled).count("?"))]
+        assert f"SEARCH {table} USING INDEX {index} (dossier=?)" in plan, plan
+        assert not any(step.startswith(f"SCAN {table}") or "TEMP B-TREE" in step for step in plan), plan
