@@ -64,3 +64,14 @@ def test_child_count_reads_the_count_first():
             break
     else:
         pytest.fail("basisdocument has no dagelijkseZorgMinderjarigeKinderen/ja")
+
+
+@pytest.mark.parametrize("message_type", TYPES)
+def test_declared_names_are_what_the_schema_allows(message_type):
+    """The catalogue's own XSD walk (which decides what the rules scan for) finds exactly the element
+    names xmlschema finds: a name it missed would leave that field unchecked."""
+    from gateway.messages.catalogue import BY_ROOT_TAG, declared_element_names
+
+    version = next(v for v in BY_ROOT_TAG.values() if v.type.value == message_type)
+    expected = {element.local_name for _, element, _ in all_element_paths(message_type)} | {message_type}
+    assert declared_element_names(version) == expected
