@@ -2,8 +2,9 @@
 
 The producer's convention (README): write ``NAME.xml.tmp`` (or into
 ``outbox/.tmp/``) and rename it to ``NAME.xml`` when complete. Hidden and
-temporary files are never touched; a file whose size or mtime still changes is
-left until it has been quiet for a while.
+temporary files are never touched. A file is taken once no process holds it
+open for writing (``open_for_writing``: a Linux lease probe), or else once it
+has been quiet for a while.
 
 Durability: a move is a rename followed by an fsync of both directories; a
 write goes to a hidden temporary file that is fsynced and renamed into place,
@@ -15,9 +16,11 @@ none (the store's pick-up record decides which one counts).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +57,31 @@ def candidates(folder: Path) -> list[Candidate]:
         if entry.is_file(follow_symlinks=False):
             found.append(Candidate(entry.name, st.st_size, st.st_mtime_ns))
     return sorted(found, key=lambda c: (c.mtime_ns, c.name))
+
+
+def open_for_writing(path: Path) -> bool | None:
+    """Whether some process holds `path` open for writing: True, False, or None when this cannot be known.
+
+    A read lease (fcntl F_SETLEASE) is granted only while no one has the file open for writing; it is
+    released at once. Known only where leases work: we own the file (or have CAP_LEASE), on a local
+    file system, and SIGIO is ignored (a writer opening the file in the instant we hold the lease
+    makes the kernel send SIGIO, which would otherwise end the process). Elsewhere: None.
+    """
+    if signal.getsignal(signal.SIGIO) is not signal.SIG_IGN:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None  # gone or unreadable: the caller's next step reports it
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as e:
+        return True if e.errno == errno.EAGAIN else None  # EACCES: not ours; EINVAL: no leases here
+    else:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)
 
 
 def read_bounded(path: Path, limit: int) -> bytes | None:

@@ -370,7 +370,7 @@ class Limits:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     lease: timedelta = timedelta(minutes=5)
     rescan_interval: float = 30.0
-    stable_after: float = 0.5  #: seconds a file's size and mtime must stay unchanged before pick-up
+    stable_after: float = 0.5  #: seconds a file must stay unchanged before pick-up, unless no one holds it open
     receipt_overdue: timedelta = timedelta(hours=24)
     validation_workers: int = 2
 

@@ -251,6 +251,8 @@ def run(config: GatewayConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _stopping(gateway, sig))
+        # pick-up's lease probe (adapters/outbox_fs.open_for_writing) may earn a SIGIO; it means nothing here
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
         await gateway.run()
 
     asyncio.run(main())

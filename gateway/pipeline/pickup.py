@@ -2,7 +2,9 @@
 
 Order of the steps, so that a crash at any point loses nothing and sends
 nothing twice:
-1. the file has been quiet (size and mtime unchanged) for `stable_after`;
+1. no process holds the file open for writing (a Linux lease probe, where it works: a file renamed
+   into the outbox as the convention asks is taken at once; an empty one waits), or else it has
+   been quiet (mtime unchanged) for `stable_after`;
 2. read it, hash it, validate it (in a worker process);
 3. commit the pick-up in the store (accepted: the message row in state
    `received`; rejected: the rejection; duplicate: the report);
@@ -98,8 +100,10 @@ class Pickup:
     async def scan(self) -> int:
         """Take every file that is ready; return how many were taken.
 
-        A file is ready when it has not been modified for `stable_after` seconds (its mtime says so:
-        no second look needed); `_ripe_in` says when the next one that is not ready yet will be."""
+        A file is ready when no process holds it open for writing, or (where that cannot be known,
+        or while a writer holds it) when it has not been modified for `stable_after` seconds (its
+        mtime says so: no second look needed); `_ripe_in` says when the next one that is not ready
+        yet will be."""
         self._ripe_in = None
         self._full_now = None
         finished: list[str] = []
@@ -113,7 +117,7 @@ class Pickup:
         ripe = []
         for c in outbox_fs.candidates(self.outbox):
             age = time.time() - c.mtime_ns / 1e9
-            if age < self.stable_after:
+            if age < self.stable_after and (c.size == 0 or outbox_fs.open_for_writing(self.outbox / c.name) is not False):
                 wait = self.stable_after - age
                 self._ripe_in = wait if self._ripe_in is None else min(self._ripe_in, wait)
             else:

@@ -228,3 +228,73 @@ async def test_too_large_file_is_rejected_without_reading_it_all(config, store, 
     await small.scan()
     verdict = json.loads((config.folders.rejected / "big.xml.error.json").read_text())
     assert verdict["problems"][0]["code"] == "too-large" and taken == []
+
+
+@pytest.fixture
+def sigio_ignored():
+    """As in the daemon (gateway.pipeline.daemon.run): the lease probe needs SIGIO ignored."""
+    import signal
+    before = signal.signal(signal.SIGIO, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGIO, before)
+
+
+def _patient_pickup(config, store, validation, taken, stable_after: float) -> Pickup:
+    return Pickup(store=store, validation=validation, outbox=config.folders.outbox, spool=config.folders.spool,
+                  rejected=config.folders.rejected, own_party=str(config.party.party),
+                  max_bytes=config.limits.max_message_bytes, stable_after=stable_after, rescan_interval=1.0,
+                  accepted=taken.append)
+
+
+async def test_a_file_no_one_writes_is_taken_at_once(config, store, validation, taken, sigio_ignored):
+    """A file renamed into the outbox (the convention) needs no quiet period: no process holds it open."""
+    pickup = _patient_pickup(config, store, validation, taken, stable_after=60.0)
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    drop(config, "renamed.xml", data)
+    assert await pickup.scan() == 1 and taken == [mid]
+
+
+async def test_a_file_held_open_by_its_writer_waits_for_the_close(config, store, validation, taken, sigio_ignored):
+    """A producer writing straight into the outbox: nothing is taken while it holds the file open for
+    writing (however long it pauses, within stable_after); the close makes it ready."""
+    import asyncio
+    import subprocess
+    import sys
+    from adapters.outbox_fs import open_for_writing
+
+    pickup = _patient_pickup(config, store, validation, taken, stable_after=60.0)
+    data, mid = with_new_id(example("01-meldingsbericht.xml"))
+    path = config.folders.outbox / "direct.xml"
+    with subprocess.Popen(
+            [sys.executable, "-c", "import sys\n"
+             "with open(sys.argv[1], 'ab') as fh:\n"
+             "    fh.write(bytes.fromhex(sys.argv[2])); fh.flush(); print('half', flush=True)\n"
+             "    sys.stdin.readline(); fh.write(bytes.fromhex(sys.argv[3]))\n",
+             str(path), data[:200].hex(), data[200:].hex()],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as writer:
+        try:
+            assert writer.stdout.readline().strip() == "half"
+            assert open_for_writing(path) is True
+            assert await pickup.scan() == 0
+            await asyncio.sleep(0.3)
+            assert await pickup.scan() == 0 and taken == []  # paused, still open: left alone
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            assert writer.wait(timeout=30) == 0
+        finally:
+            writer.kill()
+    assert open_for_writing(path) is False
+    assert await pickup.scan() == 1 and taken == [mid]
+    assert (config.folders.spool / f"{mid}.xml").read_bytes() == data
+
+
+def test_without_sigio_ignored_the_probe_says_it_cannot_know(config):
+    """Outside the daemon (SIGIO at its default, which would end the process) no lease is taken: the
+    quiet period alone decides, as in test_temporary_hidden_and_growing_files_are_left_alone."""
+    import signal
+    from adapters.outbox_fs import open_for_writing
+
+    assert signal.getsignal(signal.SIGIO) is signal.SIG_DFL
+    path = config.folders.outbox / "x.xml"
+    path.write_bytes(b"<x/>")
+    assert open_for_writing(path) is None
