@@ -399,8 +399,45 @@ def _parse_fetch(lines: list[Any]) -> list[FetchedMail]:
 Handler = Callable[[FetchedMail], Awaitable[str | None]]
 
 
+class _RetryDelays:
+    """The mails whose handler raised, each offered again only when its own delay has passed (`first`,
+    doubling up to `most`), not at every round: a round comes with every new mail, so a fault that lasts
+    (a full inbox disk) would otherwise fetch and open every such mail again at each arrival. In memory:
+    a restart offers them at once."""
+
+    def __init__(self, first: float, most: float) -> None:
+        self.first, self.most = first, max(first, most)
+        self._waiting: dict[int, tuple[int, float]] = {}  # uid -> (failures, not before: loop time)
+
+    def due(self, uid: int, now: float) -> bool:
+        return uid not in self._waiting or now >= self._waiting[uid][1]
+
+    def failed(self, uid: int, now: float) -> float:
+        """Note one more failure of `uid`; the delay before it is offered again."""
+        failures = self._waiting.get(uid, (0, 0.0))[0] + 1
+        delay = min(self.first * 2 ** min(failures - 1, 30), self.most)
+        self._waiting[uid] = (failures, now + delay)
+        return delay
+
+    def forget(self, uid: int) -> None:
+        self._waiting.pop(uid, None)
+
+    def keep_only(self, uids: list[int]) -> None:
+        """Forget mails no longer in the mailbox (moved or expunged by someone else)."""
+        present = set(uids)
+        for uid in [u for u in self._waiting if u not in present]:
+            del self._waiting[uid]
+
+    def wait(self, longest: float, now: float) -> float:
+        """How long the watcher may wait for new mail before a waiting mail is due."""
+        if not self._waiting:
+            return longest
+        return min(longest, max(0.05, min(t for _, t in self._waiting.values()) - now))
+
+
 async def watch_mailbox(settings: MailboxSettings, handle: Handler, stop: asyncio.Event, *,
-                        reconnect_delay: tuple[float, float] = (1.0, 60.0)) -> None:
+                        reconnect_delay: tuple[float, float] = (1.0, 60.0),
+                        retry_delay: tuple[float, float] | None = None) -> None:
     """Until `stop` is set: connect, hand every message to `handle`, move it to the folder `handle`
     returns (None = leave it where it is, e.g. the handler failed temporarily and will see it again),
     then wait (IDLE, polling fallback), repeat. Reconnects with backoff on drops, timeouts and server
@@ -409,8 +446,11 @@ async def watch_mailbox(settings: MailboxSettings, handle: Handler, stop: asynci
 
     Messages left in place are offered again on every round: after new mail, and at least every
     `poll_interval` s. A handler that raises is logged (its exception type only: exception texts may
-    quote content) and its message left in place."""
+    quote content) and its message left in place, offered again only after a delay of its own
+    (`retry_delay`: first, doubling up to most; default `poll_interval`, doubling up to 5 minutes)."""
     first, most = reconnect_delay
+    retries = _RetryDelays(*(retry_delay or (settings.poll_interval, max(settings.poll_interval, 300.0))))
+    loop = asyncio.get_running_loop()
     delay = first
     where = {"host": settings.host, "port": settings.port, "mailbox": settings.mailbox}
     while not stop.is_set():
@@ -420,9 +460,9 @@ async def watch_mailbox(settings: MailboxSettings, handle: Handler, stop: asynci
             log.info("imap.connected", **where)
             delay = first
             while not stop.is_set():
-                await _one_round(mailbox, handle, stop)
+                await _one_round(mailbox, handle, stop, retries)
                 if not stop.is_set():
-                    await mailbox.wait_for_change(settings.poll_interval, wake=stop)
+                    await mailbox.wait_for_change(retries.wait(settings.poll_interval, loop.time()), wake=stop)
         except MailboxError as exc:
             log.warning("imap.disconnected", **where, kind=exc.kind, error=str(exc), retry_in=delay)
         except Exception as exc:  # a bug or an aioimaplib surprise: keep watching, say what broke
@@ -439,18 +479,25 @@ async def watch_mailbox(settings: MailboxSettings, handle: Handler, stop: asynci
     log.info("imap.stopped", **where)
 
 
-async def _one_round(mailbox: Mailbox, handle: Handler, stop: asyncio.Event) -> None:
-    for uid in await mailbox.uids():
+async def _one_round(mailbox: Mailbox, handle: Handler, stop: asyncio.Event, retries: _RetryDelays) -> None:
+    loop = asyncio.get_running_loop()
+    uids = await mailbox.uids()
+    retries.keep_only(uids)
+    for uid in uids:
         if stop.is_set():
             return
+        if not retries.due(uid, loop.time()):
+            continue
         mail = await mailbox.fetch(uid)
         if mail is None:
             continue
         try:
             folder = await handle(mail)
         except Exception as exc:
-            log.error("imap.handler_failed", uid=uid, error=type(exc).__name__)
+            log.error("imap.handler_failed", uid=uid, error=type(exc).__name__,
+                      retry_in=retries.failed(uid, loop.time()))
             continue
+        retries.forget(uid)
         if folder is None:
             log.info("imap.left_in_place", uid=uid)
             continue

@@ -29,8 +29,9 @@ again, and then answered from the store (an accepted message gets the same
 receipt; a refused one is checked again). A permanent or security failure of
 the receipt is an alert; the mail is filed all the same (the receipt is in the
 store); so is a gateway without an SMTP relay (``smtp_sender`` None). A
-fault in the intake itself propagates: `watch_mailbox` logs its type
-and leaves the mail for the next round.
+fault in the intake itself (a full inbox disk) propagates: `watch_mailbox` logs
+its type and leaves the mail in place, offered again after a doubling delay of
+its own.
 """
 
 from __future__ import annotations

@@ -225,6 +225,37 @@ async def test_watcher_moves_handled_mail_and_leaves_the_rest(servers, box):
     assert [e["folder"] for e in logs if e["event"] == "imap.moved"] == ["Done", "Done"]
 
 
+async def test_a_mail_whose_handler_raises_waits_its_own_doubling_delay_not_the_next_new_mail(servers, box):
+    """A round comes with every new mail: a failing mail is not fetched and handled again at each one (a fault
+    that lasts, like a full inbox disk, would have every stuck mail opened again at every arrival), but after
+    a delay of its own, doubling; the other mails flow meanwhile."""
+    offers: list[float] = []
+
+    async def handle(fetched: FetchedMail) -> str:
+        if b"Subject: stuck" in fetched.data:
+            offers.append(time.monotonic())
+            raise OSError(28, "No space left on device")
+        return "Done"
+
+    deliver(servers, box, "stuck")
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        watcher = asyncio.create_task(watch_mailbox(settings(servers, box), handle, stop, retry_delay=(2.0, 4.0)))
+        await _until(lambda: len(offers) == 1)
+        for i in range(8):  # new mail, round after round, within the first delay (unless this machine is slow)
+            await asyncio.to_thread(servers.deliver, SENDER, box, mail(f"other-{i}", box))
+        await _until(lambda: len(servers.messages(box, "Done")) == 8)
+        quick = time.monotonic() - offers[0]
+        assert len(offers) <= 1 + (quick >= 2.0), (len(offers), quick)
+        await _until(lambda: len(offers) >= 3, timeout=20)
+        stop.set()
+        await asyncio.wait_for(watcher, 3)
+    assert offers[1] - offers[0] >= 2.0 and offers[2] - offers[1] >= 4.0, offers
+    failed = [e for e in logs if e["event"] == "imap.handler_failed"]
+    assert [e["retry_in"] for e in failed][:3] == [2.0, 4.0, 4.0] and {e["error"] for e in failed} == {"OSError"}
+    assert [m for m in servers.messages(box) if b"Subject: stuck" in m], "the failing mail stays in INBOX"
+
+
 async def test_watcher_survives_a_server_restart(servers, box):
     handled: list[int] = []
 
