@@ -46,6 +46,7 @@ class MailboxSettings:
     mailbox: str = "INBOX"
     timeout: float = 30.0  #: per command, and for connecting
     poll_interval: float = 30.0  #: fallback when IDLE is unavailable or fails; also the watcher's rescan
+    idle: bool = True  #: use IDLE when the server offers it (False: poll, e.g. behind a proxy that cuts idle sessions)
 
 
 @dataclass(frozen=True)
@@ -297,7 +298,7 @@ class Mailbox:
             return True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        if "IDLE" in self.capabilities and not self._idle_failed:
+        if self.settings.idle and "IDLE" in self.capabilities and not self._idle_failed:
             try:
                 changed = await self._idle(deadline, wake)
             except MailboxError as exc:

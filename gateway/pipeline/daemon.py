@@ -146,7 +146,8 @@ class Gateway:
                                   clock=self.clock)
                 mailbox = MailboxSettings(host=cfg.imap.host, port=cfg.imap.port, username=cfg.imap.username,
                                           password=secrets.imap_password, ssl_context=_context(cfg.imap.ca_file),
-                                          mailbox=cfg.imap.mailbox, poll_interval=cfg.imap.poll_interval)
+                                          mailbox=cfg.imap.mailbox, poll_interval=cfg.imap.poll_interval,
+                                          idle=cfg.imap.idle)
                 services.append(watch_mailbox(mailbox, mail.handle, self.stop))
             if cfg.as2 is not None and cfg.as2.listen is not None:
                 self.as2_server = await self._as2_server(matcher)

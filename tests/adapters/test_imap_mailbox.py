@@ -16,7 +16,7 @@ from mailservers import MailServers, free_port
 
 DOMAIN = "pi-vught.example.nl"
 SENDER = f"nazorg@{DOMAIN}"
-USERS = {SENDER: "pw-sender", **{f"box{i}@{DOMAIN}": f"pw-{i}" for i in range(12)}}
+USERS = {SENDER: "pw-sender", **{f"box{i}@{DOMAIN}": f"pw-{i}" for i in range(24)}}
 _free_boxes = itertools.count()
 
 
@@ -165,6 +165,29 @@ async def test_mail_reported_during_other_commands_wakes_the_next_wait(servers, 
         assert await mailbox.wait_for_change(5) is True
         assert time.monotonic() - t0 < 0.5
         assert len(await mailbox.fetch_all()) == 1
+    finally:
+        await mailbox.close()
+
+
+async def test_idle_switched_off_polls_even_where_the_server_offers_it(servers, box):
+    """[imap] idle = false: the server's IDLE is not used; new mail is noticed by polling."""
+    class CountingMailbox(Mailbox):
+        idles = 0
+
+        async def _idle(self, deadline, wake):
+            CountingMailbox.idles += 1
+            return await super()._idle(deadline, wake)
+
+    mailbox = CountingMailbox(settings(servers, box, poll_interval=0.1, idle=False))
+    await mailbox.connect()
+    try:
+        assert "IDLE" in mailbox.capabilities
+        assert await mailbox.fetch_all() == []
+        waiting = asyncio.ensure_future(mailbox.wait_for_change(10))
+        await asyncio.sleep(0.1)
+        await asyncio.to_thread(servers.deliver, SENDER, box, mail("polled", box))
+        assert await waiting is True
+        assert CountingMailbox.idles == 0
     finally:
         await mailbox.close()
 
