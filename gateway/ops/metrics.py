@@ -262,15 +262,17 @@ async def deadline_watch(store: Store, every: float = DEADLINE_CACHE_SECONDS,
     """The daemon's eye on the chain's deadlines, whether or not anyone looks at the dashboard: every
     ``every`` seconds the alerts are brought up to date, and each step that newly turned overdue, due soon
     or late is logged once (dossier reference, step, status: no person) as an alert. Runs until cancelled."""
-    known: set[tuple[str, str, str]] | None = None
+    # what was logged: the cache's own (dossier -> pairs) entries, shared, not a tuple per alerting step
+    known: dict[str, tuple[tuple[str, str], ...]] | None = None
     while True:
         try:
             now = clock() if clock else datetime.now(timezone.utc)
-            current = {(ref, status, step) for ref, pairs in (await alerting_dossiers(store, now)).items()
-                       for status, step in pairs}
+            current = await alerting_dossiers(store, now)
             if _ALERTS[store].full_at is not None:  # a first full computation has finished
-                for ref, status, step in sorted(current - (known or set())):
-                    log.warning("deadline.alert", dossier=ref, step=step, status=status, alert=True)
+                before = known or {}
+                for ref in sorted(ref for ref, pairs in current.items() if before.get(ref) != pairs):
+                    for status, step in sorted(set(current[ref]) - set(before.get(ref, ()))):
+                        log.warning("deadline.alert", dossier=ref, step=step, status=status, alert=True)
                 known = current
         except asyncio.CancelledError:
             raise
