@@ -19,6 +19,19 @@ def with_new_id(xml: bytes) -> tuple[bytes, str]:
     return re.sub(rb"<berichtId>[^<]+</berichtId>", f"<berichtId>{new}</berichtId>".encode(), xml, count=1), new
 
 
+def dossier_of(xml: bytes) -> str:
+    """The message's dossier reference (dossierreferentie, in the header)."""
+    return re.search(rb"<dossierreferentie>([^<]+)</dossierreferentie>", xml).group(1).decode()
+
+
+def in_dossier(xml: bytes, reference: str) -> bytes:
+    """The same message in another dossier (``reference`` must match the XSD's Dossierreferentie:
+    ``[A-Za-z0-9][A-Za-z0-9._/-]{2,39}``)."""
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/\-]{2,39}", reference), reference
+    return re.sub(rb"<dossierreferentie>[^<]+</dossierreferentie>",
+                  f"<dossierreferentie>{reference}</dossierreferentie>".encode(), xml, count=1)
+
+
 #: examples sent by PI-VUGHT (the party of the local set-up) and whom they go to
 OWN_EXAMPLES = {
     "01-meldingsbericht.xml": "gemeente:0599",
