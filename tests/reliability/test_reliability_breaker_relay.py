@@ -19,6 +19,7 @@ from dropped import example, with_new_id
 from e2e_gateway import drop, make_setup, open_config, running, wait_for_states
 from gateway.store import State
 from mailservers import free_port
+from tcp_forward import forward
 
 MAILS = 40
 WATCH = 8.0  #: seconds of outage counted
@@ -56,24 +57,7 @@ class RelayGate:
             finally:
                 writer.close()
             return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.open |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.open.discard(writer)
-            writer.transport.abort()
+        await forward(reader, writer, self.target_port, self.open)
 
 
 async def test_a_dead_relay_is_probed_not_hammered_others_flow_and_the_backlog_goes_once_when_it_returns(

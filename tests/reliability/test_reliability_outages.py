@@ -27,6 +27,7 @@ from dropped import OWN_EXAMPLES, example, with_new_id
 from e2e_gateway import drop, make_setup, open_config, running, wait_for_states
 from gateway.store import State
 from mailservers import free_port
+from tcp_forward import forward
 
 MESSAGES = ["01-meldingsbericht.xml", "04-overdrachtsdocument.xml", "spoedontslagbericht-met-vestiging.xml"]
 
@@ -68,24 +69,7 @@ class Link:
                 self.open.discard(writer)
                 writer.transport.abort()
             return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self.open |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.open.discard(writer)
-            writer.transport.abort()
+        await forward(reader, writer, self.target_port, self.open)
 
 
 async def test_imap_out_of_reach_while_receipts_arrive_then_every_receipt_is_read(tmp_path, mail_servers,
