@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -94,6 +95,20 @@ def drop(outbox: Path, name: str, data: bytes) -> None:
     tmp = outbox / f"{name}.tmp"
     tmp.write_bytes(data)
     os.rename(tmp, outbox / name)
+
+
+def log_events(log_path: Path) -> list[dict]:
+    """The JSON events a DaemonProcess wrote to its log so far (a line still being written is left out)."""
+    if not log_path.exists():
+        return []
+    out = []
+    for line in log_path.read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # the line being written
+                pass
+    return out
 
 
 class DaemonProcess:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import email
-import json
 import os
 import sqlite3
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from disk_fill import fill
 from dropped import OWN_EXAMPLES, example, with_new_id
-from e2e_gateway import DaemonProcess, drop, make_setup, open_config, wait_for_states
+from e2e_gateway import DaemonProcess, drop, log_events, make_setup, open_config, wait_for_states
 from gateway.store import State, Store
 
 DISK_KIB = 12 * 1024
@@ -27,23 +26,17 @@ WARM = 3     # delivered before the disk fills (the store and its WAL have grown
 DROPPED = 8  # dropped while the disk is full
 
 
-def events(log_path: Path) -> list[dict]:
-    out = []
-    for line in log_path.read_text().splitlines():
-        if line.startswith("{"):
-            out.append(json.loads(line))
-    return out
 
 
 async def wait_for_event(log_path: Path, name: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [e for e in events(log_path) if e.get("event") == name]
+        found = [e for e in log_events(log_path) if e.get("event") == name]
         if found:
             return found[0]
         await asyncio.sleep(0.1)
     raise AssertionError(f"no {name!r} event in {timeout} s; last events: "
-                         f"{[e.get('event') for e in events(log_path)][-15:]}")
+                         f"{[e.get('event') for e in log_events(log_path)][-15:]}")
 
 
 def on_disk(disk: Path) -> dict[str, list[str]]:
@@ -91,13 +84,13 @@ async def test_a_full_disk_pauses_pick_up_loses_nothing_and_everything_goes_once
         paused = await wait_for_event(log_path, "pickup-paused", timeout=30)
         assert paused["reason"] == "disk-full" and paused["alert"] is True and paused["level"] == "error"
         await asyncio.sleep(3 * cfg.limits.rescan_interval)  # several retries, all on a full disk
-        assert daemon.proc.poll() is None, f"the daemon ended on a full disk: {events(log_path)[-5:]}"
+        assert daemon.proc.poll() is None, f"the daemon ended on a full disk: {log_events(log_path)[-5:]}"
         seen = on_disk(disk)
         assert seen["outbox"] == sorted(f"{mid}.xml" for mid in late), seen
         for mid in late:
             assert (cfg.folders.outbox / f"{mid}.xml").read_bytes() == messages[mid][0], "a file was changed"
         assert seen["spool"] == [] and seen["rejected"] == [] and seen["inbox"] == [], seen
-        logged = events(log_path)
+        logged = log_events(log_path)
         assert [e["event"] for e in logged].count("pickup-paused") == 1, "the pause is reported once, not per retry"
         assert not [e for e in logged if e.get("event") == "picked-up" and e.get("message_id") in late]
         assert not [e for e in logged if e.get("level") == "error" and e.get("event") != "pickup-paused"], \

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from disk_fill import fill
 from dropped import example, with_new_id
-from e2e_gateway import DaemonProcess, drop, make_setup, open_config, running, wait_for_states
+from e2e_gateway import DaemonProcess, drop, log_events, make_setup, open_config, running, wait_for_states
 from gateway.store import State, Store
 
 DISK_KIB = 1024
@@ -37,21 +37,10 @@ OTHERS = 5  #: unrelated mails that arrive while the inbox is full
 PROCESSED, QUARANTINE = "nazorg/verwerkt", "nazorg/quarantaine"
 
 
-def events(log_path: Path) -> list[dict]:
-    if not log_path.exists():
-        return []
-    out = []
-    for line in log_path.read_text().splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:  # the line being written
-                pass
-    return out
 
 
 def named(log_path: Path, event: str) -> list[dict]:
-    return [e for e in events(log_path) if e.get("event") == event]
+    return [e for e in log_events(log_path) if e.get("event") == event]
 
 
 async def logged(log_path: Path, event: str, count: int = 1, timeout: float = 60.0) -> list[dict]:
@@ -63,7 +52,7 @@ async def logged(log_path: Path, event: str, count: int = 1, timeout: float = 60
             return found
         if time.monotonic() > deadline:
             raise AssertionError(f"not {count} {event!r} events within {timeout} s; last events: "
-                                 f"{[e.get('event') for e in events(log_path)][-15:]}")
+                                 f"{[e.get('event') for e in log_events(log_path)][-15:]}")
         await asyncio.sleep(0.05)
 
 
@@ -155,7 +144,7 @@ async def test_a_full_inbox_leaves_the_mail_in_the_mailbox_alerts_once_and_files
             assert (await pi_gw.store.get(mid)).state is State.DELIVERED
             async with await Store.open(gm.store.url) as gm_store:
                 assert await gm_store.find_inbound(mid) is None, "an arrival recorded that is not in the inbox"
-            assert daemon.proc.poll() is None, f"the daemon ended on a full inbox: {events(log_path)[-5:]}"
+            assert daemon.proc.poll() is None, f"the daemon ended on a full inbox: {log_events(log_path)[-5:]}"
 
             # 3. room again: the next try files it, once, and answers it
             filler.unlink()
@@ -187,7 +176,7 @@ async def test_a_full_inbox_leaves_the_mail_in_the_mailbox_alerts_once_and_files
     async with await Store.open(gm.store.url) as gm_store:
         arrival = await gm_store.find_inbound(mid)
     assert arrival.outcome == "accepted" and arrival.transport_message_id == record.mail_message_id
-    logged_events = events(log_path)
+    logged_events = log_events(log_path)
     names = [e["event"] for e in logged_events]
     assert "inbound.refused" not in names and "service-crashed" not in names
     # the operator is told once, not at every try, and when there is room again

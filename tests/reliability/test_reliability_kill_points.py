@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import email
-import json
 import os
 import re
 import select
@@ -44,7 +43,7 @@ from pathlib import Path
 
 from adapters.as2.tls import client_context, server_context
 from dropped import example, with_new_id
-from e2e_gateway import DaemonProcess, drop, make_setup, open_config, running, wait_for_states
+from e2e_gateway import DaemonProcess, drop, log_events, make_setup, open_config, running, wait_for_states
 from gateway.store import LEASE_EXPIRED, State, Store
 from mailservers import free_port
 
@@ -59,29 +58,18 @@ FIRED_WITHIN = 60.0
 
 # -- helpers: the daemon's log ------------------------------------------------------------------------------
 
-def events(log_path: Path) -> list[dict]:
-    if not log_path.exists():
-        return []
-    out = []
-    for line in log_path.read_text().splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:  # the line being written
-                pass
-    return out
 
 
 async def logged(log_path: Path, event: str, count: int = 1, timeout: float = 60.0) -> list[dict]:
     """Until the log holds `count` events named `event`."""
     deadline = time.monotonic() + timeout
     while True:
-        found = [e for e in events(log_path) if e.get("event") == event]
+        found = [e for e in log_events(log_path) if e.get("event") == event]
         if len(found) >= count:
             return found
         if time.monotonic() > deadline:
             raise AssertionError(f"not {count} {event!r} events within {timeout} s; last events: "
-                                 f"{[e.get('event') for e in events(log_path)][-15:]}")
+                                 f"{[e.get('event') for e in log_events(log_path)][-15:]}")
         await asyncio.sleep(0.05)
 
 
@@ -609,7 +597,7 @@ async def test_the_receiver_killed_during_or_just_after_its_inbox_write_keeps_on
         assert arrivals[mid].transport_message_id == records[mid].mail_message_id
         assert timelines[mid].count(("sending", "sent")) == 1 and timelines[mid][-1][1] == "acknowledged"
         assert ("sending", "retry_wait") in timelines[mid], "the first attempt failed with the receiver"
-    reconciled = [e["message_id"] for e in events(tmp_path / "gm.log") if e.get("event") == "inbound.reconciled"]
+    reconciled = [e["message_id"] for e in log_events(tmp_path / "gm.log") if e.get("event") == "inbound.reconciled"]
     # the usual case: killed before its row was committed; the restart recorded the file it found
     assert reconciled == ([] if rows_at_kill[b_id] else [b_id]), (reconciled, rows_at_kill)
     # one copy of each, byte for byte, no temporary and no orphan left
