@@ -176,7 +176,7 @@ for f in folders:
 """
 
 
-class _Watchdog:
+class Watchdog:
     def __init__(self) -> None:
         self._proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG], stdin=subprocess.PIPE,
                                       text=True, start_new_session=True)
@@ -281,7 +281,7 @@ class MailServers:
         self._deferred: dict[str, str] = {}
         self._dovecot: subprocess.Popen | None = None
         self._postfix: subprocess.Popen | None = None
-        self._watchdog: _Watchdog | None = None
+        self._watchdog: Watchdog | None = None
         self._owns_workdir = False
         self._nobody = pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid
         d = self.workdir
@@ -336,7 +336,7 @@ class MailServers:
             if len(str(self._dc_dir / "run" / "login" / "imap-urlauth")) > _SUN_PATH_MAX:
                 raise ValueError(f"{self.workdir}: path too long for unix sockets; use a shorter workdir")
             self._ca = MailTLS.create(self.workdir / "tls")
-            self._watchdog = _Watchdog()
+            self._watchdog = Watchdog()
             if self._owns_workdir:
                 self._watchdog.remove_on_death(self.workdir)
             self._write_dovecot()

@@ -20,7 +20,7 @@ from gateway.pipeline.daemon import Gateway
 from gateway.setup_local import init_local
 from gateway.store import State, Store
 from local_setup import loaded
-from mailservers import MailServers
+from mailservers import MailServers, Watchdog
 
 FAST = {
     # quick retries and pick-up for tests; a lease just over the SMTP timeout, so a killed daemon's
@@ -111,6 +111,51 @@ def log_events(log_path: Path) -> list[dict]:
     return out
 
 
+#: glibc's non-main arenas live in heaps of 64 MiB, each mapped at a multiple of 64 MiB
+HEAP = 64 << 20
+
+
+def malloc_heaps(pid: int | str = "self") -> int:
+    """The glibc heaps (one per arena but the main one) in a process's address space: anonymous mappings
+    that start at a multiple of 64 MiB and, with the reserved rest that follows, span 64 MiB."""
+    spans: list[tuple[int, int, str]] = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        spans.append((lo, hi, fields[5] if len(fields) > 5 else ""))
+    heaps = 0
+    for k, (lo, hi, name) in enumerate(spans):
+        if name or lo % HEAP:
+            continue
+        end = hi
+        while end - lo < HEAP and k + 1 < len(spans) and spans[k + 1][0] == end and not spans[k + 1][2]:
+            k += 1
+            end = spans[k][1]
+        heaps += end - lo == HEAP
+    return heaps
+
+
+#: kills every daemon session still tracked when this test process dies (a pytest killed by a timeout
+#: runs no teardown: without it its daemons would run on, holding ports and folders)
+_watchdog: Watchdog | None = None
+
+
+def spawn_session(args: list[str], **popen) -> subprocess.Popen:
+    """A child in its own session (so a kill takes its workers too) that does not outlive this process."""
+    global _watchdog
+    if _watchdog is None:
+        _watchdog = Watchdog()
+    proc = subprocess.Popen(args, start_new_session=True, **popen)
+    _watchdog.track(proc.pid)
+    return proc
+
+
+def forget_session(proc: subprocess.Popen) -> None:
+    """After the session ended on its own terms."""
+    if _watchdog is not None:
+        _watchdog.untrack(proc.pid)
+
+
 class DaemonProcess:
     """`nazorg-gateway run -c CONFIG` as a child process (for kill tests)."""
 
@@ -120,20 +165,23 @@ class DaemonProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
-                                     stdout=log, stderr=log, start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = spawn_session([sys.executable, "-m", "gateway", "run", "-c", str(self.config_path)],
+                                      stdout=log, stderr=log)
 
     def kill(self) -> None:
         """SIGKILL the daemon and its validation workers (its whole session)."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        if self.proc:
+            forget_session(self.proc)
 
     def terminate(self, timeout: float = 60) -> int:
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        forget_session(self.proc)
+        return code
 
 
 def open_config(path: Path) -> GatewayConfig:
