@@ -40,6 +40,12 @@ AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 DUE_SOON_DAYS = 2
 #: the chain's steps, in order
 STEPS = ("meldingsbericht", "gemeenteblad", "basisdocument", "overdrachtsdocument", "ontslagbericht")
+#: the messages that end a dossier's chain: the detainee is released
+RELEASES = ("ontslagbericht", "spoedontslagbericht")
+#: how long the watch (the alert gauges, the dashboard's list, the daemon's memory) keeps what is history: a
+#: step done late is an alert this many days after it was done; a released dossier (``RELEASES``) leaves the
+#: alerts altogether this many days after the release. The dossier's own page shows its chain whatever its age.
+ALERT_KEPT_DAYS = 92
 
 
 def _netherlands() -> type[holidays.HolidayBase]:
@@ -368,18 +374,39 @@ async def load_dossiers(store, today: date, dossiers: Iterable[str] | None = Non
         lambda conn: [dossier_steps(d, evs, today) for d, evs in event_stream(conn, wanted)])
 
 
+def released_on(events: Iterable[Event]) -> date | None:
+    """The day of the dossier's last release message (``RELEASES``, sent or received), or None."""
+    done = [e.done_at for e in events if e.type in RELEASES and e.done_at is not None]
+    return local_date(max(done)) if done else None
+
+
+def current_alerts(d: Dossier, events: Iterable[Event], today: date) -> tuple[tuple[str, str], ...]:
+    """The dossier's alerts the watch keeps, as (status, step type) pairs: its steps' alerts (``Step.alert``)
+    but what is history (``ALERT_KEPT_DAYS``): none for a dossier released longer ago, and no step done late
+    longer ago. So the watch's state is bounded by the dossiers in custody and the recent past, not by every
+    dossier ever seen (at ~34,000 detentions a year a daemon that runs for years would otherwise keep each
+    dossier that ever had a step done late, and its released dossiers' steps that never came)."""
+    since = today - timedelta(days=ALERT_KEPT_DAYS)
+    released = released_on(events)
+    if released is not None and released < since:
+        return ()
+    return tuple((s.status, s.step) for s in d.steps
+                 if s.alert and not (s.status == "late" and local_date(s.done_at) < since))
+
+
 def alerts_tx(conn, today: date, dossiers: list[str] | None = None) -> dict[str, tuple[tuple[str, str], ...]]:
-    """Per dossier with an alert, its alerting steps as (status, step type) pairs (``Step.alert``); on a
+    """Per dossier with an alert, its alerting steps as (status, step type) pairs (``current_alerts``); on a
     reader connection. What the metrics count, without keeping any dossier's chain in memory."""
     out = {}
     shared: dict[tuple, tuple] = {}  # few distinct combinations: one object each, not one per dossier
     for dossier, events in event_stream(conn, dossiers):
-        alerts = tuple((s.status, s.step) for s in dossier_steps(dossier, events, today).steps if s.alert)
+        alerts = current_alerts(dossier_steps(dossier, events, today), events, today)
         if alerts:
             out[dossier] = shared.setdefault(alerts, alerts)
     return out
 
 
-__all__ = ["AMSTERDAM", "DUE_SOON_DAYS", "STEPS", "Dossier", "Event", "Facts", "Step", "add_working_days",
-           "alerts_tx", "current_facts", "dossier_steps", "event_stream", "facts_of", "holiday_name",
-           "is_working_day", "local_date", "long_stay", "load_dossiers", "read_facts", "step_of"]
+__all__ = ["ALERT_KEPT_DAYS", "AMSTERDAM", "DUE_SOON_DAYS", "RELEASES", "STEPS", "Dossier", "Event", "Facts", "Step",
+           "add_working_days", "alerts_tx", "current_alerts", "current_facts", "dossier_steps", "event_stream",
+           "facts_of", "holiday_name", "is_working_day", "local_date", "long_stay", "load_dossiers", "read_facts",
+           "released_on", "step_of"]

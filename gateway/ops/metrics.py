@@ -9,7 +9,9 @@ Aggregates only: states, types, party codes, reasons (the rule's name), never co
 The chain's deadline alerts (steps overdue, due soon, or done late; ``deadlines.py``) need every
 dossier's messages: at a million messages that is half a minute of CPU, so they are kept per store
 and brought up to date at most once a minute from the dossiers that changed (``deadline_alerts``),
-and labelled by step type and status only (no dossier, no person).
+and labelled by step type and status only (no dossier, no person). What is history is left out
+(``deadlines.current_alerts``: a step done late, a released dossier, ``ALERT_KEPT_DAYS`` on), so the
+alerts kept are bounded by the dossiers in custody and the recent past, not by every dossier ever seen.
 """
 
 from __future__ import annotations

@@ -98,3 +98,36 @@ async def test_the_watch_logs_each_new_alert_once(web_config, web_store, ops_val
     assert ("VUG-2025-004711", "ontslagbericht", "overdue") in first and len(first) == len(set(first))
     assert alerts[len(first):] and all(a[0] == "VUG-2025-004712" for a in alerts[len(first):])
     assert all(e.get("alert") is True and "999" not in str(e) for e in logs if e["event"] == "deadline.alert")
+
+
+async def test_the_watch_forgets_history_so_its_state_is_bounded(web_config, web_store, ops_validation):
+    """The watch's memory is one entry per dossier with an alert: it must not grow with every dossier ever
+    seen. A released dossier (its ontslagbericht sent) leaves the alerts ALERT_KEPT_DAYS after the release,
+    whatever it still lacks; a step done late stops being an alert ALERT_KEPT_DAYS after it was done, while
+    an open step overdue in a dossier in custody stays one."""
+    from datetime import timedelta
+
+    ALERT_KEPT_DAYS = 92
+
+    released_at = datetime(2026, 11, 20, 10, tzinfo=timezone.utc)  # the examples' release day
+    releases = [variant("05-ontslagbericht.xml", dossierreferentie=f"VUG-2026-{n:06d}") for n in range(1, 21)]
+    for mid in await drop(web_config, web_store, ops_validation, *releases):
+        await deliver(web_store, mid, sent_at=released_at)
+    # a dossier in custody: its transfer sent late (due 2026-09-25), no melding ever (overdue since 2025)
+    [transfer] = await drop(web_config, web_store, ops_validation, variant("04-overdrachtsdocument.xml"))
+    await deliver(web_store, transfer, sent_at=datetime(2026, 10, 1, 9, tzinfo=timezone.utc))
+
+    # the week after the release: every released dossier alerts (its melding never came), the transfer is late
+    soon = await metrics.alerting_dossiers(web_store, datetime(2026, 11, 27, 12, tzinfo=timezone.utc))
+    assert len(soon) == 21 and all(("overdue", "meldingsbericht") in pairs for pairs in soon.values())
+    assert ("late", "overdrachtsdocument") in soon["VUG-2025-004711"]
+    # the last day kept, and the day after: the released dossiers are history, the dossier in custody is not
+    last = datetime.combine(released_at.date() + timedelta(days=ALERT_KEPT_DAYS), datetime.min.time(), timezone.utc)
+    assert len(await metrics.alerting_dossiers(web_store, last + timedelta(hours=12))) == 21
+    later = await metrics.alerting_dossiers(web_store, last + timedelta(days=1, hours=12))
+    assert list(later) == ["VUG-2025-004711"]
+    assert ("overdue", "meldingsbericht") in later["VUG-2025-004711"]
+    assert ("late", "overdrachtsdocument") not in later["VUG-2025-004711"]  # done 1 October: long enough ago
+    assert len(metrics._ALERTS[web_store].per_dossier) == 1
+    totals = await metrics.deadline_alerts(web_store, last + timedelta(days=1, hours=12))
+    assert totals[("late", "overdrachtsdocument")] == 0 and totals[("overdue", "meldingsbericht")] == 1
