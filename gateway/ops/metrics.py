@@ -260,10 +260,12 @@ async def alerting_dossiers(store: Store, now: datetime | None = None) -> dict[s
 
 
 async def deadline_watch(store: Store, every: float = DEADLINE_CACHE_SECONDS,
-                         clock: Callable[[], datetime] | None = None) -> None:
+                         clock: Callable[[], datetime] | None = None,
+                         after_round: Callable[[], object] | None = None) -> None:
     """The daemon's eye on the chain's deadlines, whether or not anyone looks at the dashboard: every
     ``every`` seconds the alerts are brought up to date, and each step that newly turned overdue, due soon
-    or late is logged once (dossier reference, step, status: no person) as an alert. Runs until cancelled."""
+    or late is logged once (dossier reference, step, status: no person) as an alert. ``after_round`` is
+    called after each round (the daemon gives the round's freed memory back). Runs until cancelled."""
     # what was logged: the cache's own (dossier -> pairs) entries, shared, not a tuple per alerting step
     known: dict[str, tuple[tuple[str, str], ...]] | None = None
     while True:
@@ -280,6 +282,8 @@ async def deadline_watch(store: Store, every: float = DEADLINE_CACHE_SECONDS,
             raise
         except Exception as e:  # the store may be busy; the next round tries again
             log.warning("deadline.watch_failed", error=type(e).__name__)
+        if after_round is not None:
+            after_round()
         await asyncio.sleep(every)
 
 

@@ -31,6 +31,7 @@ from gateway.ops.web import serve_dashboard
 from gateway.pipeline.dispatcher import Dispatcher
 from gateway.pipeline.intake import Arrival, Intake, party_of_route, partners_from_routes
 from gateway.pipeline.mail_intake import MailIntake
+from gateway.pipeline.memory import give_back, limit_arenas
 from gateway.pipeline.overdue import OverdueWatch
 from gateway.pipeline.pickup import Pickup
 from gateway.pipeline.receipt_matcher import ReceiptMatcher
@@ -77,6 +78,9 @@ class Gateway:
 
     async def run(self) -> None:
         cfg = self.config
+        # before the store's threads and the executor's: they share few malloc arenas (each thread's own
+        # arena grew to its own peak and kept it: the soak's creeping RSS; gateway/pipeline/memory.py)
+        limit_arenas()
         secrets = cfg.check_secrets()
         certificates = _route_certificates(cfg)
         cfg.folders.create()
@@ -156,7 +160,7 @@ class Gateway:
                        purge_service(store, every=cfg.retention.purge_every,
                                      plaintext_after=cfg.retention.plaintext_after,
                                      keep_years=cfg.retention.keep_years),
-                       deadline_watch(store, clock=self.clock)]
+                       deadline_watch(store, clock=self.clock, after_round=give_back)]
             accounts = cfg.dashboard.accounts_file or cfg.path.parent / "secrets" / "dashboard-accounts"
             if accounts.is_file():
                 services.append(serve_dashboard(cfg, store, secrets, stop=self.stop, queued=self.dispatcher.wake))
