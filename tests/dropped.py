@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from paths import DOSSIER, EXAMPLES
+
+AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 
 
 def example(name: str) -> bytes:
@@ -42,3 +46,35 @@ OWN_EXAMPLES = {
     "meldingsbericht-veroordeeld-executie.xml": "gemeente:0772",
     "spoedontslagbericht-met-vestiging.xml": "gemeente:0014",
 }
+
+
+_DATE = re.compile(rb"<(?P<tag>[A-Za-z]+)>(?P<day>\d{4}-\d{2}-\d{2})(?P<time>T[^<]*)?</(?P=tag)>")
+#: dates a message states about the past (the validator refuses them after its aanmaaktijdstip)
+_PAST_DATES = {b"datum", b"aanvangDetentie", b"datumVonnis", b"afgerondOp"}
+
+
+def told_now(story: list[bytes], now: datetime) -> list[bytes]:
+    """A story (one dossier's messages, oldest first) as if its first message (the melding) were made today:
+    every date of the story moves by the same number of days, birth dates excepted, and each message is made
+    at ``now`` (a date the validator wants in the past, a signature's ``datum``, stays at most today).
+    The examples' own dates are months old: sent today, their melding is late, and every dossier alerts."""
+    today = now.astimezone(AMSTERDAM).date()
+    first = datetime.fromisoformat(re.search(rb"<aanmaaktijdstip>([^<]+)<", story[0]).group(1).decode())
+    shift = today - first.astimezone(AMSTERDAM).date()
+
+    def moved(m: re.Match) -> bytes:
+        tag = m.group("tag")
+        if tag == b"aanmaaktijdstip":
+            return b"<aanmaaktijdstip>" + now.astimezone(AMSTERDAM).isoformat(timespec="seconds").encode() + \
+                b"</aanmaaktijdstip>"
+        if tag.startswith(b"geboortedatum"):
+            return m.group(0)
+        if m.group("time"):
+            at = datetime.fromisoformat((m.group("day") + m.group("time")).decode()) + shift
+            return b"<%s>%s</%s>" % (tag, at.isoformat(timespec="seconds").encode(), tag)
+        day = date.fromisoformat(m.group("day").decode()) + shift
+        if tag in _PAST_DATES:
+            day = min(day, today)
+        return b"<%s>%s</%s>" % (tag, day.isoformat().encode(), tag)
+
+    return [_DATE.sub(moved, body) for body in story]
