@@ -1119,6 +1119,9 @@ def load_config(path: str | os.PathLike) -> GatewayConfig:
     if smtp is not None and limits.lease.total_seconds() <= smtp.timeout:
         ctx.problems.append(f"limits.lease: {_describe(limits.lease)} is not longer than smtp.timeout "
                             f"({_describe(smtp.timeout)}): a delivery could outlive its lease and be sent twice")
+    if as2 is not None and limits.lease.total_seconds() <= as2.timeout:
+        ctx.problems.append(f"limits.lease: {_describe(limits.lease)} is not longer than as2.timeout "
+                            f"({_describe(as2.timeout)}): a POST could outlive its lease and be sent twice")
     if ctx.problems:
         raise ConfigError(ctx.problems, path)
     assert party and identity and trust and registries and log_level

@@ -323,6 +323,17 @@ def test_email_routes_need_an_smtp_table(variant, site):
     assert "need an [smtp] table" in only(found, "smtp") and "0599" in found[0]
 
 
+def test_the_lease_outlasts_an_as2_post(variant, site):
+    """A delivery whose lease ends while its POST may still be waiting for an answer would be claimed and
+    posted again by the next claim (the receiver drops the copy by its Message-ID, but the check is cheap)."""
+    keys = "keys/parties/PI-VUGHT"
+    as2 = f'\n[as2]\nas2_id = "PI-VUGHT"\ntls_cert = "{keys}/tls-chain.pem"\ntls_key = "{keys}/tls-key.pem"\n'
+    assert (site / keys / "tls-chain.pem").is_file()
+    found = problems(variant([("workers = 4", 'workers = 4\nlease = "2m"')], append=as2 + "timeout = 120\n"))
+    assert "not longer than as2.timeout" in only(found, "limits.lease")
+    assert load_config(variant([("workers = 4", 'workers = 4\nlease = "2m"')], append=as2 + "timeout = 119\n"))
+
+
 def test_not_toml_at_all(variant):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(variant(append="\n[party\n"))
