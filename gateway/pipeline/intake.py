@@ -394,9 +394,10 @@ class Intake:
         await asyncio.to_thread(self.inbox.remove_leftovers)
         await asyncio.to_thread(remove_temporaries, self.quarantine)
         recorded = 0
-        for entry in await asyncio.to_thread(self.inbox.entries):
-            earlier = await self.store.find_inbound(entry.message_id)
-            if earlier is not None and earlier.outcome == "accepted":
+        entries = await asyncio.to_thread(self.inbox.entries)
+        recorded_before = await self.store.accepted_inbound(e.message_id for e in entries)
+        for entry in entries:
+            if entry.message_id in recorded_before:
                 continue
             meta = entry.metadata
             needed = ("transport", "transport_message_id", "mic", "sender", "entity_sha256")

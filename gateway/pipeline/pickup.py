@@ -265,11 +265,11 @@ class Pickup:
         for folder in (self.rejected, self.spool):  # half-written reports or copies of a killed run
             if (left := outbox_fs.remove_own_temporaries(folder)):
                 log.info("temporaries-removed", folder=folder.name, count=left)
-        for path in self.spool.glob("*.xml"):
-            record = await self.store.get(path.stem)
-            if record is not None and record.state in (State.DELIVERED, State.ACKNOWLEDGED):
-                outbox_fs.remove_plaintext(path)
-                log.info("spool-copy-removed", message_id=record.message_id, state=record.state.value)
+        spooled = {path.stem: path for path in self.spool.glob("*.xml")}
+        for message_id, state in (await self.store.states_of(spooled)).items():
+            if state in (State.DELIVERED, State.ACKNOWLEDGED):
+                outbox_fs.remove_plaintext(spooled[message_id])
+                log.info("spool-copy-removed", message_id=message_id, state=state.value)
         by_stored_name: dict[str, Path] | None = None
         for p in await self.store.pending_pickups():
             if by_stored_name is None:  # the outbox is small: its names, as the store keeps them

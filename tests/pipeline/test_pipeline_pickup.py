@@ -146,6 +146,32 @@ async def test_crash_between_commit_and_move_is_reconciled(config, store, pickup
     assert await pickup.scan() == 0 and taken == []
 
 
+async def test_start_removes_the_plaintext_of_what_was_delivered_and_keeps_the_rest(config, store, pickup, taken):
+    """A crash between proving a delivery and removing the spool's plaintext copy: the next start removes the
+    copies of delivered and acknowledged messages (looked up all at once), and keeps every other one."""
+    from datetime import timedelta
+
+    ids = []
+    for name in ("01-meldingsbericht.xml", "03-basisdocument.xml", "05-ontslagbericht.xml"):
+        data, mid = with_new_id(example(name))
+        drop(config, name, data)
+        ids.append(mid)
+    assert await pickup.scan() == 3
+    delivered, acknowledged, waiting = ids
+    for mid in (delivered, acknowledged):
+        await store.save_sealed(mid, b"sealed", "mic", transport="email", address="a@b.example.nl",
+                                profile="compatible")
+    for record in await store.claim(owner="t", limit=2, lease=timedelta(minutes=1)):
+        await store.transition(record.message_id, State.SENT, actor="t")
+    await store.transition(delivered, State.DELIVERED, actor="t")
+    await store.transition(acknowledged, State.ACKNOWLEDGED, actor="t")
+    stray = config.folders.spool / "0f0f0f0f-0000-4000-8000-000000000000.xml"  # no row: never ours to judge
+    stray.write_bytes(b"<x/>")
+    await pickup.reconcile()
+    left = sorted(p.name for p in config.folders.spool.glob("*.xml"))
+    assert left == sorted([f"{waiting}.xml", stray.name])
+
+
 async def test_the_store_keeps_no_producers_file_name(config, store, pickup, taken):
     """A careless producer names files after the person (a BSN): the store keeps a keyed digest of the name,
     for an accepted, a refused and a duplicate file alike; the reports in rejected/ still name the file."""

@@ -110,3 +110,13 @@ async def test_a_version_1_database_gets_the_inbound_table_and_keeps_its_message
         assert versions == [m.version for m in MIGRATIONS]
     finally:
         await s.close()
+
+
+async def test_accepted_inbound_of_many_ids_at_once(store):
+    """What the inbox's reconcile asks at start: which of these ids are recorded as accepted (refused ones not)."""
+    ids = [f"m{i:04d}" for i in range(1_100)]
+    for mid in ids[:1_050]:
+        await store.record_inbound(message_id=mid, **ACCEPTED)
+    await store.record_inbound(message_id="refused", **{**ACCEPTED, "outcome": "refused", "reason_code": "x",
+                                                        "reason": "test", "inbox_path": None})
+    assert await store.accepted_inbound([*ids, "refused"]) == set(ids[:1_050])

@@ -151,3 +151,16 @@ async def test_the_deadline_watch_reads_a_changed_dossier_by_its_index(store, sq
         plan = [row[-1] for row in sql("EXPLAIN QUERY PLAN " + str(compiled), *["x"] * str(compiled).count("?"))]
         assert f"SEARCH {table} USING INDEX {index} (dossier=?)" in plan, plan
         assert not any(step.startswith(f"SCAN {table}") or "TEMP B-TREE" in step for step in plan), plan
+
+
+async def test_states_of_many_ids_at_once(store, make, queue):
+    """Start-up looks up every spooled copy in one call: more ids than one IN list holds, unknown ones left out."""
+    ids = [f"m{i:04d}" for i in range(1_203)]
+    for mid in ids[:1_200]:
+        await store.accept(make(mid))
+    await queue(store, make("q"))
+    await store.transition("m0007", State.HELD, actor="t")
+    found = await store.states_of([*ids, "q"])
+    assert len(found) == 1_201 and "m1201" not in found
+    assert found["m0007"] is State.HELD and found["q"] is State.QUEUED and found["m1199"] is State.RECEIVED
+    assert await store.states_of([]) == {}
