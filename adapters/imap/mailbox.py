@@ -34,6 +34,10 @@ _EXISTS = re.compile(rb"^(?:\* )?\d+ EXISTS\b")
 _UID = re.compile(rb"\bUID (\d+)")
 _LITERAL = re.compile(rb"\{\d+\}$")
 _FETCH_BATCH = 50
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+#: mails fetched in one UID FETCH and filed with one UID MOVE per folder by the watcher: one round trip each
+#: per batch, not per mail (on a real network that is most of the time a mail takes)
+WATCH_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,10 @@ class MailboxSettings:
     timeout: float = 30.0  #: per command, and for connecting
     poll_interval: float = 30.0  #: fallback when IDLE is unavailable or fails; also the watcher's rescan
     idle: bool = True  #: use IDLE when the server offers it (False: poll, e.g. behind a proxy that cuts idle sessions)
+    #: the watcher never fetches a mail larger than this (its size asked first): it is filed unread in
+    #: `oversized_folder` with an alert. None: no limit
+    max_mail_bytes: int | None = None
+    oversized_folder: str = "oversized"
 
 
 @dataclass(frozen=True)
@@ -243,6 +251,24 @@ class Mailbox:
         found = await self._fetch([uid])
         return found[0] if found else None
 
+    async def fetch_many(self, uids: list[int]) -> list[FetchedMail]:
+        """These messages in one command, by UID order; those gone meanwhile are left out."""
+        return sorted(await self._fetch(uids), key=lambda m: m.uid) if uids else []
+
+    async def sizes(self, uids: list[int]) -> dict[int, int]:
+        """RFC822.SIZE of each of `uids` still there (the size as stored: what a fetch would read)."""
+        found: dict[int, int] = {}
+        for start in range(0, len(uids), 500):
+            uid_set = ",".join(str(u) for u in uids[start:start + 500])
+            response = await self._call("UID FETCH", self._session.uid, "fetch", uid_set, "(UID RFC822.SIZE)")
+            self._ok("UID FETCH", response)
+            for line in response.lines[:-1]:
+                if isinstance(line, bytes) and b" FETCH (" in line:
+                    uid, size = _UID.search(line), _SIZE.search(line)
+                    if uid is not None and size is not None:
+                        found[int(uid.group(1))] = int(size.group(1))
+        return found
+
     async def fetch_all(self) -> list[FetchedMail]:
         """Every message currently in the selected mailbox, by UID order."""
         uids = await self.uids()
@@ -260,8 +286,14 @@ class Mailbox:
 
     # -- moving ---------------------------------------------------------------------------------
     async def move(self, uid: int, folder: str) -> None:
+        await self.move_many([uid], folder)
+
+    async def move_many(self, uids: list[int], folder: str) -> None:
         """UID MOVE to `folder`, creating it when missing. Without MOVE: UID COPY, then \\Deleted and
-        UID EXPUNGE of that one UID (needs UIDPLUS: a plain EXPUNGE could remove others' mail)."""
+        UID EXPUNGE of those UIDs only (needs UIDPLUS: a plain EXPUNGE could remove others' mail)."""
+        if not uids:
+            return
+        uid = ",".join(str(u) for u in uids)
         target = _folder(folder)
         imap = self._session
         caps = self.capabilities
@@ -484,23 +516,51 @@ async def _one_round(mailbox: Mailbox, handle: Handler, stop: asyncio.Event, ret
     loop = asyncio.get_running_loop()
     uids = await mailbox.uids()
     retries.keep_only(uids)
-    for uid in uids:
+    due = [uid for uid in uids if retries.due(uid, loop.time())]
+    limit = mailbox.settings.max_mail_bytes
+    if limit is not None and due:
+        sizes = await mailbox.sizes(due)
+        too_large = [uid for uid in due if sizes.get(uid, 0) > limit]
+        if too_large:
+            await _file_unread(mailbox, too_large, sizes, limit)
+            unread = set(too_large)
+            due = [uid for uid in due if uid not in unread]
+    for start in range(0, len(due), WATCH_BATCH):
         if stop.is_set():
             return
-        if not retries.due(uid, loop.time()):
-            continue
-        mail = await mailbox.fetch(uid)
-        if mail is None:
-            continue
+        await _one_batch(mailbox, due[start:start + WATCH_BATCH], handle, stop, retries)
+
+
+async def _one_batch(mailbox: Mailbox, uids: list[int], handle: Handler, stop: asyncio.Event,
+                     retries: _RetryDelays) -> None:
+    """Fetch the batch, hand each mail to `handle` in UID order, then file the handled ones, one move per
+    folder. A crash before the moves means the batch is seen again (handlers are idempotent)."""
+    loop = asyncio.get_running_loop()
+    filed: dict[str, list[int]] = {}
+    for mail in await mailbox.fetch_many(uids):
+        if stop.is_set():
+            break
         try:
             folder = await handle(mail)
         except Exception as exc:
-            log.error("imap.handler_failed", uid=uid, error=type(exc).__name__,
-                      retry_in=retries.failed(uid, loop.time()))
+            log.error("imap.handler_failed", uid=mail.uid, error=type(exc).__name__,
+                      retry_in=retries.failed(mail.uid, loop.time()))
             continue
-        retries.forget(uid)
+        retries.forget(mail.uid)
         if folder is None:
-            log.info("imap.left_in_place", uid=uid)
+            log.info("imap.left_in_place", uid=mail.uid)
             continue
-        await mailbox.move(uid, folder)
-        log.info("imap.moved", uid=uid, folder=folder)
+        filed.setdefault(folder, []).append(mail.uid)
+    for folder, moved in filed.items():
+        await mailbox.move_many(moved, folder)
+        for uid in moved:
+            log.info("imap.moved", uid=uid, folder=folder)
+
+
+async def _file_unread(mailbox: Mailbox, uids: list[int], sizes: dict[int, int], limit: int) -> None:
+    """Mails too large to read: filed unread (reading one could take the daemon's memory), each an alert."""
+    folder = mailbox.settings.oversized_folder
+    await mailbox.move_many(uids, folder)
+    for uid in uids:
+        log.error("imap.too_large", uid=uid, size=sizes[uid], limit=limit, folder=folder, alert=True,
+                  why="the mail is larger than any message this gateway accepts: filed unread")

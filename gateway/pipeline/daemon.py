@@ -151,7 +151,8 @@ class Gateway:
                 mailbox = MailboxSettings(host=cfg.imap.host, port=cfg.imap.port, username=cfg.imap.username,
                                           password=secrets.imap_password, ssl_context=_context(cfg.imap.ca_file),
                                           mailbox=cfg.imap.mailbox, poll_interval=cfg.imap.poll_interval,
-                                          idle=cfg.imap.idle)
+                                          idle=cfg.imap.idle, max_mail_bytes=largest_mail(cfg.limits.max_message_bytes),
+                                          oversized_folder=QUARANTINE_FOLDER)
                 services.append(watch_mailbox(mailbox, mail.handle, self.stop))
             if cfg.as2 is not None and cfg.as2.listen is not None:
                 self.as2_server = await self._as2_server(matcher)
@@ -227,6 +228,13 @@ class Gateway:
         host, port = cfg.as2.listen
         return await serve(app, host=host, port=port, server_cert_chain_pem=chain_pem, server_key_pem=key_pem,
                            client_ca_pem=cfg.trust.bundle.read_bytes())
+
+
+def largest_mail(max_message_bytes: int) -> int:
+    """The largest mail that can carry a message this gateway accepts: base64 makes the sealed entity 4/3 of its
+    CMS, which holds the signed message (the XML, the signature and its certificates), plus headers; twice the
+    message and 256 KiB leaves room for every profile. Larger mails are not read (watch_mailbox)."""
+    return 2 * max_message_bytes + 256 * 1024
 
 
 def _refuse_a_lost_store(cfg: GatewayConfig) -> None:

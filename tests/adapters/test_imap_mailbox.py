@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from adapters.imap import FetchedMail, Mailbox, MailboxError, MailboxSettings, watch_mailbox
+from adapters.imap.mailbox import WATCH_BATCH
 from mailservers import MailServers, free_port
 
 DOMAIN = "pi-vught.example.nl"
@@ -277,6 +278,60 @@ async def test_a_mail_whose_handler_raises_waits_its_own_doubling_delay_not_the_
     failed = [e for e in logs if e["event"] == "imap.handler_failed"]
     assert [e["retry_in"] for e in failed][:3] == [2.0, 4.0, 4.0] and {e["error"] for e in failed} == {"OSError"}
     assert [m for m in servers.messages(box) if b"Subject: stuck" in m], "the failing mail stays in INBOX"
+
+
+async def test_a_mail_larger_than_the_limit_is_filed_unread_and_the_rest_flows(servers, box):
+    """Its size is asked first: a mail over `max_mail_bytes` is never fetched (it could take the daemon's memory)
+    nor handed over; it is filed in the oversized folder with an alert that says its size, not its content."""
+    handled: list[bytes] = []
+
+    async def handle(fetched: FetchedMail) -> str:
+        handled.append(next(line for line in fetched.data.splitlines() if line.startswith(b"Subject: ")))
+        return "Done"
+
+    big = mail("big", box).replace(b"body big", b"body big " + b"x" * 20_000)
+    servers.deliver(SENDER, box, big)
+    deliver(servers, box, "small-1", "small-2")
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        watcher = asyncio.create_task(watch_mailbox(settings(servers, box, max_mail_bytes=10_000,
+                                                             oversized_folder="Too large"), handle, stop))
+        await _until(lambda: len(servers.messages(box, "Done")) == 2)
+        stop.set()
+        await asyncio.wait_for(watcher, 3)
+    assert sorted(handled) == [b"Subject: small-1", b"Subject: small-2"]
+    [filed] = servers.messages(box, "Too large")
+    assert b"body big xxx" in filed and servers.messages(box) == []
+    [alert] = [e for e in logs if e["event"] == "imap.too_large"]
+    assert alert["size"] > 20_000 and alert["limit"] == 10_000 and alert["alert"] is True
+    assert not any("big" in repr(e) for e in logs)
+
+
+async def test_a_batch_is_handled_then_filed_together(plain_servers, box):
+    """More mails than one batch, two folders, on a server without MOVE (copy, flag, expunge of those UIDs): the
+    first batch is all handled before any of it is moved (one fetch and one move per folder per batch)."""
+    subjects = [f"m{i:02d}" for i in range(WATCH_BATCH + 4)]
+    deliver(plain_servers, box, *subjects)
+    order: list[int] = []
+    moved_before: list[int] = []  # per handled mail: how many mails had been moved already
+
+    async def handle(fetched: FetchedMail) -> str:
+        order.append(fetched.uid)
+        moved_before.append(sum(e["event"] == "imap.moved" for e in logs))
+        return "Even" if fetched.uid % 2 == 0 else "Odd"
+
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        watcher = asyncio.create_task(watch_mailbox(settings(plain_servers, box), handle, stop))
+        await _until(lambda: len(plain_servers.messages(box, "Even")) + len(plain_servers.messages(box, "Odd"))
+                     == len(subjects))
+        stop.set()
+        await asyncio.wait_for(watcher, 3)
+    assert order == sorted(order) and len(order) == len(subjects)  # each handled once, in UID order
+    assert plain_servers.messages(box) == []
+    moved = [e["uid"] for e in logs if e["event"] == "imap.moved"]
+    assert sorted(moved) == sorted(order)
+    assert moved_before[:WATCH_BATCH] == [0] * WATCH_BATCH and moved_before[WATCH_BATCH] == WATCH_BATCH
 
 
 async def test_watcher_survives_a_server_restart(servers, box):

@@ -568,3 +568,19 @@ def test_profile_objects_are_the_profiles_module_ones():
     """The custom matrix covers every KeyTransport x ContentCipher pair (4 x 5)."""
     assert len(MATRIX) == len(KeyTransport) * len(ContentCipher) == 20
     assert all(isinstance(p.values[0], EncryptionProfile) for p in MATRIX)
+
+
+@pytest.mark.parametrize("profile", [COMPATIBLE, STRONG], ids=["compatible", "strong"])
+def test_the_largest_message_sealed_fits_the_largest_mail_the_mailbox_reads(pki, profile):
+    """The receiving side files mails over `largest_mail` unread: a message of the largest accepted size, sealed
+    by the largest-keyed sender with its chain, plus a mail's headers, must stay below it."""
+    from gateway.messages.safe_parse import MAX_MESSAGE_BYTES
+    from gateway.pipeline.daemon import largest_mail
+
+    _, _, identities, recipient = pki
+    line = b"<toelichting>" + b"x" * 100 + b"</toelichting>\r\n"
+    xml = line * (MAX_MESSAGE_BYTES // len(line))
+    headers = 4096  # From, To, Subject, Message-ID, Disposition-Notification-To, ...: a few hundred bytes
+    for sender in SENDERS:
+        entity = seal(xml, identities[sender], recipient, profile).entity
+        assert len(entity) + headers <= largest_mail(MAX_MESSAGE_BYTES), (sender, len(entity))
