@@ -364,6 +364,10 @@ def _new_parser() -> tuple[etree.XMLParser, _DenyAllResolver]:
         recover=False,
         remove_comments=True,
         remove_pis=True,
+        # Whitespace between elements means nothing in our messages (no mixed content in the XSDs): not
+        # keeping it as text nodes makes parsing, XSD validation and every walk cheaper (callgrind: 12 % of
+        # parse + validate). Text of leaf elements is kept whole, whitespace-only text too.
+        remove_blank_text=True,
     )
     resolver = _DenyAllResolver()
     parser.resolvers.add(resolver)
