@@ -304,8 +304,8 @@ async def _refresh(store: Store, cache: _AlertCache, today: date) -> None:
                  seconds=round(time.monotonic() - started, 2))
     else:
         changed = sorted(await store.read_query(_changed_tx, cache.marks))
-        for start in range(0, len(changed), 500):  # bounded IN lists
-            chunk = changed[start:start + 500]
+        for start in range(0, len(changed), 512):  # bounded IN lists (a power of two: ``deadlines.padded``)
+            chunk = changed[start:start + 512]
             got = await store.read_query(alerts_tx, today, chunk)
             for dossier in chunk:
                 cache.per_dossier.pop(dossier, None)

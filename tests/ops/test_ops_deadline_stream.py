@@ -45,3 +45,27 @@ async def test_dossiers_come_in_order_with_both_directions_merged(ops_store):
     assert step_of(c, "meldingsbericht").status == "overdue"  # due 17 September, never sent
     assert step_of(d, "meldingsbericht").status == "unknown" and d.facts.start is None
     assert [x.dossier for x in await load_dossiers(ops_store, date(2025, 9, 20), ["C-3", "A-1"])] == ["A-1", "C-3"]
+
+
+async def test_the_reader_connections_stay_small_whatever_the_watch_s_rounds_ask(ops_store):
+    """The watch reads the dossiers that changed, in IN lists as long as the round happened to need. SQLite
+    prepares, and the driver keeps (128 per connection), one statement per text: a text per length grew the
+    reader connections by ~50 KB per length, 4.4 MB after 100 lengths (the soak's creeping second half).
+    The lists are padded to a power of two, so 100 lengths are 8 statements."""
+    import ctypes
+
+    from gateway.ops.deadlines import alerts_tx
+
+    sqlite = ctypes.CDLL("libsqlite3.so.0")  # the library the sqlite3 module links
+    sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    for n in range(1, 4):
+        await outbound(ops_store, f"out-{n}", f"VUG-2026-{n:06d}", "meldingsbericht", START)
+    refs = [f"VUG-2026-{n:06d}" for n in range(1, 101)]
+    today = date(2026, 11, 30)
+    await ops_store.read_query(alerts_tx, today, refs[:1])
+    before = sqlite.sqlite3_memory_used()
+    for n in range(1, 101):
+        got = await ops_store.read_query(alerts_tx, today, refs[:n])
+        assert set(got) == set(refs[:min(n, 3)])  # the padding finds nothing twice and nothing more
+    grown = sqlite.sqlite3_memory_used() - before
+    assert grown < 1_500_000, f"SQLite's memory grew {grown} bytes over 100 lengths of IN list"
