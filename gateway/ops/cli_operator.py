@@ -161,6 +161,7 @@ def _status_queries(conn, overdue_before: datetime) -> dict[str, Any]:
     from sqlalchemy import func, select, text
 
     from gateway.store import State
+    from gateway.store.breakers import open_breakers_tx
     from gateway.store.schema import message_counts, messages, pickups, recipient_activity
 
     m = messages.c
@@ -196,14 +197,17 @@ def _status_queries(conn, overdue_before: datetime) -> dict[str, Any]:
             .where(m.sent_at.is_not(None)).group_by(m.recipient)
     last = [dict(destination=d, last_sent_at=s, last_acknowledged_at=a) for d, s, a in
             conn.execute(last_q.order_by(last_q.selected_columns[0]))]
-    return dict(counts=counts, rejected_pickups=rejected, oldest_unacknowledged=oldest, held_and_failed=stuck,
-                receipts_overdue=dict(count=overdue[0], oldest_sent_at=overdue[1]), last_delivery=last)
+    # what the daemon's breakers last wrote: why messages wait in queued/retry_wait (first in the output)
+    down = [b.as_dict() for b in open_breakers_tx(conn)]
+    return dict(destinations_down=down, counts=counts, rejected_pickups=rejected, oldest_unacknowledged=oldest,
+                held_and_failed=stuck, receipts_overdue=dict(count=overdue[0], oldest_sent_at=overdue[1]),
+                last_delivery=last)
 
 
 def status(config: ConfigOption, as_json: JsonOption = False,
            warn_days: WarnOption = DEFAULT_WARN_DAYS) -> None:
-    """At a glance: counts, oldest pending per destination, held/failed reasons, overdue receipts,
-    expiring certificates, last delivery per route."""
+    """At a glance: destinations down, counts, oldest pending per destination, held/failed reasons, overdue
+    receipts, expiring certificates, last delivery per route."""
     cfg = _config(config)
     warn = _warn_days(warn_days)
     now = _now()
@@ -221,6 +225,7 @@ def status(config: ConfigOption, as_json: JsonOption = False,
         _emit_json(data)
         return
     out = _console()
+    _print_destinations_down(out, data["destinations_down"], now)
     table = Table(title="Messages per state and type")
     for col in ("state", "type", "count"):
         table.add_column(col)
@@ -262,6 +267,28 @@ def status(config: ConfigOption, as_json: JsonOption = False,
         table.add_row(row["destination"], row["route"] or "(no route)", _iso(row["last_sent_at"]),
                       _iso(row["last_acknowledged_at"]))
     out.print(table)
+
+
+def _print_destinations_down(out: Console, down: list[dict[str, Any]], now: datetime) -> None:
+    if not down:
+        out.print("[green]destinations down: none[/]")
+        return
+    table = Table(title=f"[bold red]DESTINATIONS DOWN: {len(down)}[/] (their messages wait unsent; "
+                        "one probe at a time tells when they are back)", title_justify="left")
+    for col in ("destination", "down since", "failures", "next probe", "waiting", "reason"):
+        table.add_column(col)
+    for row in down:
+        table.add_row(f"[bold red]{escape(row['destination'])}[/]",
+                      f"{_iso(row['since'])} ({_ago(now - row['since'])})", str(row["failures"]),
+                      _iso(row["next_probe_at"]), str(row["waiting"]), escape(row["reason"]))
+    out.print(table)
+
+
+def _ago(span: timedelta) -> str:
+    minutes = max(0, int(span.total_seconds() // 60))
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes < 48 * 60 else f"{minutes // 1440} days"
 
 
 def _iso(at: datetime | None) -> str:

@@ -34,6 +34,7 @@ from sqlalchemy import Connection, func, select, text
 
 from gateway.ops.deadlines import STEPS, alerts_tx, local_date
 from gateway.store import State, Store
+from gateway.store.breakers import Breaker, open_breakers
 from gateway.store.schema import (event_counts, inbound, latency_buckets, message_counts, messages, pickups,
                                   receipts, transitions)
 
@@ -103,6 +104,8 @@ class Figures:
     #: the histograms as the store keeps them (SQLite, migration 6); None: made from the latency lists
     sent_histogram: Histogram | None = None
     ack_histogram: Histogram | None = None
+    #: destinations whose breaker is open, as the daemon last wrote them (``gateway/store/breakers.py``)
+    destinations_down: list[Breaker] = field(default_factory=list)
 
     def by_state(self) -> dict[State, int]:
         out = dict.fromkeys((s for s in State if s is not State.REJECTED), 0)
@@ -206,6 +209,7 @@ async def gather(store: Store, now: datetime | None = None, *, deadlines: bool =
     the chain's alerts too (at most ``DEADLINE_CACHE_SECONDS`` old)."""
     now = now or datetime.now(timezone.utc)
     figures = await store.read_query(_figures_tx, now)
+    figures = replace(figures, destinations_down=await open_breakers(store))
     if deadlines:
         figures = replace(figures, deadline_alerts=await deadline_alerts(store, now))
     return figures
@@ -393,8 +397,31 @@ def _le(b: float) -> str:
 class _Snapshot:
     """A collector over one ``Figures``: registered in a fresh registry per scrape."""
 
-    def __init__(self, figures: Figures, certs: Iterable[CertificateInfo]):
-        self.figures, self.certs = figures, list(certs)
+    def __init__(self, figures: Figures, certs: Iterable[CertificateInfo], destinations: Iterable[str] = ()):
+        self.figures, self.certs, self.destinations = figures, list(certs), list(destinations)
+
+    def _destinations(self):
+        """Per destination (the configured ones, and any the store says is down): up or down, since when,
+        failures, messages held back. Labels: the destination's key (relay host:port, AS2 URL), bounded by
+        the configuration."""
+        f = self.figures
+        down = {b.destination: b for b in f.destinations_down}
+        up = GaugeMetricFamily("nazorg_destination_up", "1 while the destination (the relay, an AS2 URL) is taken "
+                               "to be up, 0 while its circuit breaker is open.", labels=["destination"])
+        since = GaugeMetricFamily("nazorg_destination_down_seconds", "How long the destination has been down "
+                                  "(0 when up).", labels=["destination"])
+        failures = GaugeMetricFamily("nazorg_destination_failures", "Failures since the destination went down: "
+                                     "the one that opened its breaker and every failed probe (0 when up).",
+                                     labels=["destination"])
+        held = GaugeMetricFamily("nazorg_destination_held_back_messages", "Messages waiting unsent because their "
+                                 "destination is down (0 when up).", labels=["destination"])
+        for key in sorted(set(self.destinations) | down.keys()):
+            b = down.get(key)
+            up.add_metric([key], 0 if b else 1)
+            since.add_metric([key], max(0.0, (f.at - b.since).total_seconds()) if b else 0)
+            failures.add_metric([key], b.failures if b else 0)
+            held.add_metric([key], b.waiting if b else 0)
+        yield from (up, since, failures, held)
 
     def collect(self):
         f = self.figures
@@ -434,14 +461,16 @@ class _Snapshot:
         for (status, step), n in sorted(f.deadline_alerts.items()):
             steps.add_metric([status, step], n)
         yield steps
+        yield from self._destinations()
         yield _histogram("nazorg_drop_to_sent_seconds", "From pick-up to the next hop's acceptance.",
                          f.sent_histogram or Histogram.of(f.sent_latency))
         yield _histogram("nazorg_drop_to_acknowledged_seconds", "From pick-up to the signed receipt.",
                          f.ack_histogram or Histogram.of(f.ack_latency))
 
 
-def render(figures: Figures, certs: Iterable[CertificateInfo]) -> bytes:
-    """The Prometheus text exposition of one snapshot."""
+def render(figures: Figures, certs: Iterable[CertificateInfo], destinations: Iterable[str] = ()) -> bytes:
+    """The Prometheus text exposition of one snapshot; ``destinations``: the configured destinations' keys
+    (``transports.configured_destinations``), reported up unless the store says they are down."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(figures, certs))
+    registry.register(_Snapshot(figures, certs, destinations))
     return generate_latest(registry)

@@ -36,6 +36,7 @@ from cryptography import x509
 
 from gateway.ops import metrics as metrics_mod
 from gateway.ops.web_accounts import Account, load_accounts, verify_password
+from gateway.pipeline.transports import configured_destinations
 from gateway.store import IllegalTransition, StaleState, State, Store, StoreError
 
 __all__ = ["SESSION_COOKIE", "make_dashboard", "serve_dashboard"]
@@ -367,7 +368,8 @@ async def overview(request: web.Request) -> web.Response:
     state_rows = [[escape(s.value), str(n)] for s, n in counts.items()]
     overdue = await dash.store.sent_without_receipt(now - dash.config.limits.receipt_overdue)
     certs = metrics_mod.certificates(dash.secrets.identity.cert, dash.config.routes, now)
-    alerts = []
+    alerts = [f"destination {escape(b.destination)} is <strong>down</strong> since {_when(b.since)}: "
+              f"{b.waiting} message(s) wait for it" for b in f.destinations_down]
     if counts[State.HELD]:
         alerts.append(f"<a href='/held'>{counts[State.HELD]} held</a>: waiting for an operator")
     if counts[State.FAILED]:
@@ -393,6 +395,7 @@ async def overview(request: web.Request) -> web.Response:
              for i, (r, s) in enumerate(zip(f.received_per_hour, f.sent_per_hour))]
     body = (
         "<h2>Alerts</h2>" + ("".join(f"<p class='alert'>{a}</p>" for a in alerts) if alerts else "<p>None.</p>")
+        + _destinations_down(f.destinations_down, now)
         + "<h2>Messages per state</h2>" + _table(["state", "messages"], state_rows, "states")
         + f"<p>Queue depth: {f.queue_depth}. Oldest pending: {oldest}.</p>"
         + "<h2>Last 24 hours</h2>"
@@ -402,6 +405,18 @@ async def overview(request: web.Request) -> web.Response:
           f"{_duration(_quantile(f.ack_latency_24h, .95))}.</p>"
         + _table(["hour from (UTC)", "received", "sent"], hours, "hours"))
     return _page("Overview", body, session)
+
+
+def _destinations_down(down, now: datetime) -> str:
+    """The open circuit breakers, as the daemon last wrote them: why messages wait in queued/retry_wait."""
+    if not down:
+        return ""
+    rows = [[escape(b.destination), f"{_when(b.since)} ({_duration((now - b.since).total_seconds())})",
+             str(b.failures), _when(b.next_probe_at), str(b.waiting), escape(b.reason)] for b in down]
+    return ("<h2>Destinations down</h2><p>Their messages wait unsent (no attempt spent); one probe at a time "
+            "tells when a destination is back, and then they all go at once.</p>"
+            + _table(["destination", "down since", "failures", "next probe", "messages waiting", "reason"], rows,
+                     "destinations-down"))
 
 
 def _search_form(q: dict[str, str]) -> str:
@@ -607,7 +622,8 @@ async def metrics(request: web.Request) -> web.Response:
                             headers={"WWW-Authenticate": 'Basic realm="nazorg-gateway", charset="UTF-8"'})
     now = dash.clock()
     figures = await metrics_mod.gather(dash.store, now)
-    body = metrics_mod.render(figures, metrics_mod.certificates(dash.secrets.identity.cert, dash.config.routes, now))
+    body = metrics_mod.render(figures, metrics_mod.certificates(dash.secrets.identity.cert, dash.config.routes, now),
+                              configured_destinations(dash.config))
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -6,7 +6,9 @@ after the failing one began (then the destination is evidently up). While open, 
 message for it but one probe at growing intervals — the retry policy's delays, probe after probe (first
 5 min, doubling to 4000 s) — and the others wait in `queued`/`retry_wait` without spending attempts. Any
 other outcome of a delivery to it (sent, a refusal, a 451 for one recipient) closes it; the dispatcher then
-makes its waiting messages due at once. State is in memory: a restart starts closed.
+makes its waiting messages due at once. State is in memory: a restart starts closed. What operators see
+of it (status, dashboard, metrics: other processes) the dispatcher writes to the store
+(``gateway/store/breakers.py``).
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ A destination that is down (the relay or an AS2 URL unreachable, refusing, timin
 messages wait unclaimed without spending attempts, one probe goes at the retry policy's intervals, and
 when one gets through (`destination-up`) they are all due at once. Messages that reach the give-up
 horizon meanwhile fail as they would have at their next attempt (`queued`/`retry_wait` → `failed`).
+Each breaker's state is also written to the store where it is logged (`gateway/store/breakers.py`), for
+`status`, the dashboard and the metrics, which run in other processes.
 A crash leaves the lease, which expires and puts the message back in the queue:
 it is then sent again with the same message id (receivers drop duplicates).
 """
@@ -34,6 +36,7 @@ from gateway.pipeline.breaker import Breakers, Down
 from gateway.pipeline.disk import no_space
 from gateway.pipeline.transports import Destination, Permanent, Security, Temporary, Transport
 from gateway.store import MessageRecord, StaleState, State, Store
+from gateway.store import breakers as breaker_rows
 from gateway.store.store import Link
 
 log = structlog.get_logger(__name__)
@@ -78,6 +81,10 @@ class Dispatcher:
         released = await self.store.release_expired_leases()
         if released:
             log.warning("leases-expired", count=len(released), message_ids=released[:20])
+        # this run starts with every breaker closed: the store must not show one still open from the last
+        reset = await breaker_rows.close_left_open(self.store, at=self._clock(), actor=self.owner)
+        if reset:
+            log.info("breakers-reset", destinations=reset, why=breaker_rows.CLOSED_AT_RESTART)
         stopping = asyncio.create_task(stop.wait())
         paused: str | None = None
         try:
@@ -175,6 +182,7 @@ class Dispatcher:
         record = await self.store.claim_probe(owner=self.owner, lease=self.lease, link=down.link)
         if record is None:  # nothing waits for it: look again an interval later
             down.next_probe_at = self._clock() + self.retry.delay(down.failures, self._rng)
+            await self._record_down(down, opened=False)
             return
         down.probing = record.message_id
         log.info("destination-probe", destination=down.key, message_id=record.message_id, probe=down.failures)
@@ -212,19 +220,40 @@ class Dispatcher:
         down = self.breakers.reached(key)
         if down is None:
             return
+        down_for = _span(self._clock() - down.since)
         due = await self.store.due_now(link)
-        log.warning("destination-up", destination=key, down_for=_span(self._clock() - down.since),
+        log.warning("destination-up", destination=key, down_for=down_for,
                     failed_probes=down.failures - 1, was=down.reason, made_due=due)
         self._wake.set()
+        try:
+            await breaker_rows.record_closed(self.store, destination=key, at=self._clock(), actor=self.owner,
+                                             reason=f"the destination answered after {down_for} down, "
+                                                    f"{down.failures - 1} failed probes")
+        except Exception as e:  # as in _record_down
+            log.warning("breaker-not-recorded", destination=key, error=type(e).__name__)
 
-    def _unreachable(self, key: str, link: Link, reason: str, began: datetime, probe: bool) -> None:
+    async def _unreachable(self, key: str, link: Link, reason: str, began: datetime, probe: bool) -> None:
         opened = self.breakers.failed(key, link, reason, began=began, probe=probe)
         if opened is not None:
             log.error("destination-down", destination=key, reason=reason, alert=True,
                       next_probe_in=_span(opened.next_probe_at - self._clock()))
+            await self._record_down(opened, opened=True)
         elif probe and (down := next((d for d in self.breakers.down() if d.key == key), None)) is not None:
             log.info("destination-still-down", destination=key, reason=reason, failed_probes=down.failures - 1,
                      next_probe_in=_span(down.next_probe_at - self._clock()))
+            await self._record_down(down, opened=False)
+
+    async def _record_down(self, down: Down, *, opened: bool) -> None:
+        """The breaker as it is now, for the operator's processes. Never in the way of the delivery whose
+        failure this is: its own outcome must still be recorded when this write fails (a full disk)."""
+        transport, address = down.link
+        try:
+            await breaker_rows.record_down(self.store, destination=down.key, transport=transport, address=address,
+                                           since=down.since, reason=down.reason, failures=down.failures,
+                                           next_probe_at=down.next_probe_at, opened=opened, at=self._clock(),
+                                           actor=self.owner)
+        except Exception as e:
+            log.warning("breaker-not-recorded", destination=down.key, error=type(e).__name__)
 
     def _limit(self, destination: str) -> int:
         return self.per_destination.get(destination.split(":", 1)[-1], self.default_per_destination)
@@ -252,7 +281,7 @@ class Dispatcher:
                                               address=record.address, entity=entity, mic=record.mic)
             except Temporary as e:
                 if e.connection:  # the destination, not this message: its breaker opens (before the claims go on)
-                    self._unreachable(key, link, e.reason, began, probe)
+                    await self._unreachable(key, link, e.reason, began, probe)
                 else:
                     await self._reached(key, link)
                 await self._retry_or_fail(record, e.reason, e.remote_reply, log_)

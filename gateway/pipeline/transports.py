@@ -63,6 +63,26 @@ class Destination:
     address: str | None
 
 
+def relay_destination(host: str, port: int) -> Destination:
+    return Destination(f"email relay {host}:{port}", None)
+
+
+def platform_destination(url: str) -> Destination:
+    return Destination(f"platform {url}", url)
+
+
+def configured_destinations(config) -> list[str]:
+    """The keys of the destinations a daemon with this configuration delivers to: the relay (with [smtp])
+    and each platform route's URL (with [as2]). Bounded by the configuration: fit for metric labels."""
+    keys = []
+    if config.smtp is not None:
+        keys.append(relay_destination(config.smtp.host, config.smtp.port).key)
+    if config.as2 is not None:
+        keys += sorted({platform_destination(r.address).key for r in config.routes.values()
+                        if r.transport == "platform"})
+    return keys
+
+
 class Transport(Protocol):
     async def send(self, *, message_id: str, message_type: str, address: str, entity: bytes, mic: str) -> Handed: ...
 
@@ -83,7 +103,7 @@ class EmailTransport:
         self._all = [SmtpSender(settings) for _ in range(max(1, connections))]
         for s in self._all:
             self._senders.put_nowait(s)
-        self._destination = Destination(f"email relay {settings.host}:{settings.port}", None)
+        self._destination = relay_destination(settings.host, settings.port)
 
     def destination(self, address: str) -> Destination:
         return self._destination  # one relay for every address
@@ -127,7 +147,7 @@ class PlatformTransport:
         self._clients: dict[str, As2Client] = {}
 
     def destination(self, address: str) -> Destination:
-        return Destination(f"platform {address}", address)
+        return platform_destination(address)
 
     def _client(self, url: str) -> As2Client:
         client = self._clients.get(url)

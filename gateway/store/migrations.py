@@ -431,6 +431,25 @@ def _v8_dossier_indexes(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE INDEX ix_inbound_dossier ON inbound (dossier)")
 
 
+def _v9_destination_breakers(conn: Connection) -> None:
+    """The dispatcher's breakers as the operator's processes see them: one row per destination."""
+    md = MetaData()
+    Table(
+        "destination_breakers", md,
+        Column("destination", String, primary_key=True),
+        Column("transport", String, nullable=False),
+        Column("address", String),
+        Column("since", UTCDateTime, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("failures", Integer, nullable=False),
+        Column("next_probe_at", UTCDateTime),
+        Column("updated_at", UTCDateTime, nullable=False),
+        Column("closed_at", UTCDateTime),
+        Column("closed_reason", Text),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
     Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
@@ -442,6 +461,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "the claim's index carries transport and address (destinations that are down)",
               _v7_due_index_with_links),
     Migration(8, "messages and arrivals by dossier (the deadline watch's recomputation)", _v8_dossier_indexes),
+    Migration(9, "destination_breakers: the dispatcher's circuit breakers, for status, dashboard and metrics",
+              _v9_destination_breakers),
 )
 
 

@@ -267,6 +267,24 @@ subject_index = Table(
     CheckConstraint("direction IN ('outbound', 'inbound')", name="ck_subject_index_direction"),
 )
 
+# What the daemon's circuit breakers last said (``gateway/pipeline/breaker.py``; written by the dispatcher
+# when a destination goes down, at each failed probe, when it answers, and "closed at restart" at start):
+# the daemon keeps its breakers in memory, and ``status``, the dashboard and /metrics run in other
+# processes. One row per destination, its last outage; the history of outages is in the audit trail.
+destination_breakers = Table(
+    "destination_breakers", metadata,
+    Column("destination", String, primary_key=True),  # e.g. "email relay 127.0.0.1:25": never personal data
+    Column("transport", String, nullable=False),  # the dispatcher's transport name: email | platform
+    Column("address", String),  # the AS2 URL; None: every address of the transport (the one relay)
+    Column("since", UTCDateTime, nullable=False),  # when it went down
+    Column("reason", Text, nullable=False),  # the failure that opened it, then the last failed probe's
+    Column("failures", Integer, nullable=False),  # the failure that opened it and every failed probe since
+    Column("next_probe_at", UTCDateTime),  # None once closed
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("closed_at", UTCDateTime),  # None: down now (as far as the daemon knew when it last wrote)
+    Column("closed_reason", Text),  # why it closed: the destination answered, or the daemon restarted
+)
+
 # What `status` shows at a glance, kept current by triggers in the same transaction as every change of a
 # message (SQLite; see COUNTER_TRIGGERS): counting a million rows at each look took seconds.
 message_counts = Table(

@@ -19,45 +19,10 @@ from dropped import example, with_new_id
 from e2e_gateway import drop, make_setup, open_config, running, wait_for_states
 from gateway.store import State
 from mailservers import free_port
-from tcp_forward import forward
+from tcp_forward import RelayGate
 
 MAILS = 40
 WATCH = 8.0  #: seconds of outage counted
-
-
-class RelayGate:
-    """Loopback TCP in front of the relay: while down, every connection is counted and answered 421."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.down = True
-        self.connections = 0
-        self.server: asyncio.Server | None = None
-        self.open: set[asyncio.StreamWriter] = set()
-
-    @property
-    def port(self) -> int:
-        return self.server.sockets[0].getsockname()[1]
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-
-    async def close(self) -> None:
-        self.server.close()
-        for writer in list(self.open):
-            writer.transport.abort()
-        await self.server.wait_closed()
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        if self.down:
-            writer.write(b"421 4.3.2 relay out of service, try again later\r\n")
-            try:
-                await writer.drain()
-            finally:
-                writer.close()
-            return
-        await forward(reader, writer, self.target_port, self.open)
 
 
 async def test_a_dead_relay_is_probed_not_hammered_others_flow_and_the_backlog_goes_once_when_it_returns(
