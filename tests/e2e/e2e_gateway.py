@@ -48,11 +48,22 @@ def make_setup(folder: Path, servers: MailServers, passwords: dict[str, str], *,
     for old, new in {**(FAST if template is None else {}), **(edits or {})}.items():
         assert old in text, old
         text = text.replace(old, new, 1)
+    if template is None:
+        text = _quick_as2(text)
     config_path.write_text(text)
     pi_email = re.search(r'\[party\][^\[]*email = "([^"]+)"', text).group(1)
     for name in ("smtp-password", "imap-password"):
         (folder / "secrets" / name).write_text(passwords[pi_email] + "\n")
     return config_path
+
+
+def _quick_as2(text: str) -> str:
+    """An [as2] table without its own timeout gets FAST's: 5 s, under FAST's 11 s lease (a lease must outlast
+    a POST: the configuration refuses one that does not)."""
+    table = re.search(r"(?ms)^\[as2\]\n(.*?)(?=^\[|\Z)", text)
+    if table is None or re.search(r"(?m)^timeout = ", table.group(1)):
+        return text
+    return text[:table.end(1)] + "timeout = 5\n" + text[table.end(1):]
 
 
 def identity(setup: Path, code: str) -> Identity:
