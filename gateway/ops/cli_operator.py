@@ -598,9 +598,8 @@ def dossiers(config: ConfigOption,
     """Per dossier, each step of the chain with its due date (Dutch working days) and whether it was met."""
     cfg = _config(config)
     today = local_date(_now())
-    found = _with_store(cfg, lambda store: load_dossiers(store, today, dossier))
-    if overdue:
-        found = [d for d in found if d.overdue]
+    keep = (lambda d: d.overdue) if overdue else None
+    found = _with_store(cfg, lambda store: load_dossiers(store, today, dossier, keep))
     for d in found:
         for s in d.steps:
             if s.alert:

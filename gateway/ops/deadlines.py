@@ -21,7 +21,7 @@ import heapq
 import importlib.util
 import itertools
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -379,12 +379,17 @@ async def load_events(store, dossiers: Iterable[str] | None = None) -> dict[str,
     return await store.read_query(lambda conn: dict(event_stream(conn, wanted)))
 
 
-async def load_dossiers(store, today: date, dossiers: Iterable[str] | None = None) -> list[Dossier]:
-    """Each dossier's chain with due dates and whether they were met, sorted by dossier reference."""
+async def load_dossiers(store, today: date, dossiers: Iterable[str] | None = None,
+                        keep: Callable[[Dossier], bool] | None = None) -> list[Dossier]:
+    """Each dossier's chain with due dates and whether they were met, sorted by dossier reference; only those
+    ``keep`` says yes to, when given (decided as they are read: the others are never all in memory at once)."""
     wanted = None if dossiers is None else list(dossiers)
-    # on the reader thread, one dossier at a time: at a million messages this is seconds of Python
-    return await store.read_query(
-        lambda conn: [dossier_steps(d, evs, today) for d, evs in event_stream(conn, wanted)])
+
+    def read(conn) -> list[Dossier]:
+        # on the reader thread, one dossier at a time: at a million messages this is seconds of Python
+        chains = (dossier_steps(d, evs, today) for d, evs in event_stream(conn, wanted))
+        return [d for d in chains if keep is None or keep(d)]
+    return await store.read_query(read)
 
 
 def released_on(events: Iterable[Event]) -> date | None:
