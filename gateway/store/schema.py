@@ -62,7 +62,7 @@ messages = Table(
     Column("state", String, nullable=False),
     Column("reason", Text),  # why it is in this state (held, retry, failed, ...)
     Column("successor", String),  # the municipality code that took over an ended one
-    Column("transport", String),  # "smtp" | "as2"
+    Column("transport", String),  # "email" | "platform" (the route table's transports)
     Column("address", String),  # mailbox or AS2 URL of the recipient's gateway
     Column("attempts", Integer, nullable=False),
     Column("next_attempt_at", UTCDateTime),
