@@ -72,3 +72,17 @@ def small_disk(tmp_path):
     yield mount
     for point in mounted:
         subprocess.run(["umount", "-l", str(point)], check=True, capture_output=True)
+
+
+@pytest.fixture
+async def relay_gate(mail_servers):
+    """A loopback stand-in in front of the private Postfix that the test can make answer 421 or cut
+    (tcp_forward.RelayGate); point the gateway's smtp port at ``relay_gate.port``."""
+    from tcp_forward import RelayGate
+
+    gate = RelayGate(mail_servers.smtp_port)
+    await gate.start()
+    try:
+        yield gate
+    finally:
+        await gate.close()

@@ -26,13 +26,8 @@ WATCH = 8.0  #: seconds of outage counted
 
 
 async def test_a_dead_relay_is_probed_not_hammered_others_flow_and_the_backlog_goes_once_when_it_returns(
-        tmp_path, mail_servers, mail_users):
-    gate = RelayGate(mail_servers.smtp_port)
-    await gate.start()
-    try:
-        await _outage(tmp_path, mail_servers, mail_users, gate)
-    finally:
-        await gate.close()
+        tmp_path, mail_servers, mail_users, relay_gate):
+    await _outage(tmp_path, mail_servers, mail_users, relay_gate)
 
 
 async def _outage(tmp_path, mail_servers, mail_users, gate: RelayGate) -> None:

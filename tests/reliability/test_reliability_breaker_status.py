@@ -36,13 +36,8 @@ PASSWORD = "operator-password-1"
 
 
 async def test_status_dashboard_and_metrics_show_the_relay_down_and_up_and_a_restart_leaves_no_stale_breaker(
-        tmp_path, mail_servers, mail_users):
-    gate = RelayGate(mail_servers.smtp_port)
-    await gate.start()
-    try:
-        await _outage(tmp_path, mail_servers, mail_users, gate)
-    finally:
-        await gate.close()
+        tmp_path, mail_servers, mail_users, relay_gate):
+    await _outage(tmp_path, mail_servers, mail_users, relay_gate)
 
 
 async def _outage(tmp_path, mail_servers, mail_users, gate: RelayGate) -> None:
