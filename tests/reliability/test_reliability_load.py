@@ -151,22 +151,19 @@ async def test_memory_and_descriptors_stay_flat_under_load(tmp_path, mail_server
         try:
             # warm-up, not sampled: one batch, then the deadline watch's first round over real dossiers (60 s
             # after the start; its first use of the calendar and the alert logging is a one-time cost)
-            warm_up = []
-            for body in itertools.islice(bodies, per_batch):
-                data, mid = with_new_id(body)
-                drop(cfg.folders.outbox, f"{mid}.xml", data)
-                warm_up.append(mid)
-            await all_through(store, warm_up, timeout=120)
-            every += warm_up
-            await watch_round(daemon.log_path, timeout=150)
-            for b in range(batches):
+            async def one_batch() -> None:
                 batch = []
                 for body in itertools.islice(bodies, per_batch):
                     data, mid = with_new_id(body)
                     drop(cfg.folders.outbox, f"{mid}.xml", data)
                     batch.append(mid)
                 await all_through(store, batch, timeout=120)
-                every += batch
+                every.extend(batch)
+
+            await one_batch()
+            await watch_round(daemon.log_path, timeout=150)
+            for _ in range(batches):
+                await one_batch()
                 samples.append((rss_kib(daemon.proc.pid), fds(daemon.proc.pid)))
             counts = await store.counts()
             heaps = malloc_heaps(daemon.proc.pid)
