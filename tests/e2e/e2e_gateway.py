@@ -122,6 +122,24 @@ def log_events(log_path: Path) -> list[dict]:
     return out
 
 
+def named(log_path: Path, event: str) -> list[dict]:
+    """The logged events called `event`, so far."""
+    return [e for e in log_events(log_path) if e.get("event") == event]
+
+
+async def logged(log_path: Path, event: str, count: int = 1, timeout: float = 60.0) -> list[dict]:
+    """Until the log holds `count` events called `event`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = named(log_path, event)
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {count} {event!r} events within {timeout} s; last events: "
+                                 f"{[e.get('event') for e in log_events(log_path)][-15:]}")
+        await asyncio.sleep(0.05)
+
+
 #: glibc's non-main arenas live in heaps of 64 MiB, each mapped at a multiple of 64 MiB
 HEAP = 64 << 20
 

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from disk_fill import fill
 from dropped import example, with_new_id
-from e2e_gateway import DaemonProcess, drop, log_events, make_setup, open_config, running, wait_for_states
+from e2e_gateway import (DaemonProcess, drop, log_events, logged, make_setup, named, open_config, running,
+                         wait_for_states)
 from gateway.store import State, Store
 
 DISK_KIB = 1024
@@ -35,25 +36,6 @@ PAGE = 4096  #: what tmpfs counts a file in: the .json (under 1 KiB) and the .xm
 POLL = 1  #: 0344's IMAP poll_interval (s): also the first delay before a mail whose intake failed is tried again
 OTHERS = 5  #: unrelated mails that arrive while the inbox is full
 PROCESSED, QUARANTINE = "nazorg/verwerkt", "nazorg/quarantaine"
-
-
-
-
-def named(log_path: Path, event: str) -> list[dict]:
-    return [e for e in log_events(log_path) if e.get("event") == event]
-
-
-async def logged(log_path: Path, event: str, count: int = 1, timeout: float = 60.0) -> list[dict]:
-    """Until the log holds `count` events named `event`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = named(log_path, event)
-        if len(found) >= count:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {count} {event!r} events within {timeout} s; last events: "
-                                 f"{[e.get('event') for e in log_events(log_path)][-15:]}")
-        await asyncio.sleep(0.05)
 
 
 async def until(predicate, timeout: float, what: str):

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from adapters.as2.tls import client_context, server_context
 from dropped import example, with_new_id
-from e2e_gateway import DaemonProcess, drop, log_events, make_setup, open_config, running, wait_for_states
+from e2e_gateway import DaemonProcess, drop, log_events, logged, make_setup, open_config, running, wait_for_states
 from gateway.store import LEASE_EXPIRED, State, Store
 from mailservers import free_port
 
@@ -58,19 +58,6 @@ FIRED_WITHIN = 60.0
 
 # -- helpers: the daemon's log ------------------------------------------------------------------------------
 
-
-
-async def logged(log_path: Path, event: str, count: int = 1, timeout: float = 60.0) -> list[dict]:
-    """Until the log holds `count` events named `event`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [e for e in log_events(log_path) if e.get("event") == event]
-        if len(found) >= count:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {count} {event!r} events within {timeout} s; last events: "
-                                 f"{[e.get('event') for e in log_events(log_path)][-15:]}")
-        await asyncio.sleep(0.05)
 
 
 async def started(daemon: DaemonProcess, runs: int) -> None:
