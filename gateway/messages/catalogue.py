@@ -57,14 +57,8 @@ def known_namespaces() -> list[str]:
 _XS = "{http://www.w3.org/2001/XMLSchema}"
 
 
-def declared_element_names(version: SchemaVersion, xsd_dir: Path = XSD_DIR) -> frozenset[str]:
-    """The local names of every element a message of this version can hold, root included.
-
-    Read from the XSD (and what it includes) by following element types, sequences, choices and
-    extensions from the root: the rules use it to look, in each message, only for the names its
-    type can contain. Our own trusted files, parsed plainly; the XSDs use no refs, groups or
-    substitution groups (tests/messages/test_rule_locations.py holds this walk to xmlschema's).
-    """
+def _schema_nodes(version: SchemaVersion, xsd_dir: Path) -> tuple[dict, dict]:
+    """The named complex types and the top-level elements of a version's XSD and what it includes."""
     from lxml import etree  # only here: the catalogue itself is imported by rooms that never parse
 
     types: dict[str, etree._Element] = {}
@@ -83,11 +77,22 @@ def declared_element_names(version: SchemaVersion, xsd_dir: Path = XSD_DIR) -> f
                 types[node.get("name")] = node
             elif node.tag == _XS + "element":
                 roots[node.get("name")] = node
+    return types, roots
 
+
+def declared_element_names(version: SchemaVersion, xsd_dir: Path = XSD_DIR) -> frozenset[str]:
+    """The local names of every element a message of this version can hold, root included.
+
+    Read from the XSD (and what it includes) by following element types, sequences, choices and
+    extensions from the root: the rules use it to look, in each message, only for the names its
+    type can contain. Our own trusted files, parsed plainly; the XSDs use no refs, groups or
+    substitution groups (tests/messages/test_rule_locations.py holds this walk to xmlschema's).
+    """
+    types, roots = _schema_nodes(version, xsd_dir)
     names: set[str] = set()
     walked: set[str] = set()
 
-    def walk(node: etree._Element) -> None:
+    def walk(node) -> None:
         for el in node.iter(_XS + "element", _XS + "extension"):
             if el.tag == _XS + "element":
                 names.add(el.get("name"))
@@ -98,3 +103,93 @@ def declared_element_names(version: SchemaVersion, xsd_dir: Path = XSD_DIR) -> f
 
     walk(roots[version.type.value])
     return frozenset(names)
+
+
+#: an element's children as its type declares them, in order: (local name, loose, repeats); a loose child
+#: (minOccurs 0) may be missing, and one that repeats (maxOccurs > 1) may come more than once
+Layout = tuple[tuple[str, bool, bool], ...]
+
+
+def sequence_layouts(version: SchemaVersion, xsd_dir: Path = XSD_DIR) -> dict[str, Layout]:
+    """Element name -> the layout of its children, for every element of this version whose type is a plain
+    sequence: only xs:element children, each either exactly once or with minOccurs 0. In a schema-valid
+    message such an element's children follow the layout, so a reader knows which child is which from its
+    position, and needs a child's name only where a loose child may be missing or repeated (see
+    ``rules.Children``). A name declared with two different types is left out, and so is any other content
+    model (choices, nested groups, a required repeat): those are read by name.
+    """
+    types, roots = _schema_nodes(version, xsd_dir)
+    declared: dict[str, set] = {}  # element name -> the (named or anonymous) complex types it is declared with
+    walked: set[str] = set()
+
+    def walk(node) -> None:
+        for el in node.iter(_XS + "element", _XS + "extension"):
+            type_name = el.get("type") if el.tag == _XS + "element" else el.get("base")
+            if el.tag == _XS + "element":
+                inline = el.find(_XS + "complexType")
+                declared.setdefault(el.get("name"), set()).add(type_name if inline is None else inline)
+            if type_name in types and type_name not in walked:
+                walked.add(type_name)
+                walk(types[type_name])
+
+    root = roots[version.type.value]
+    declared[version.type.value] = {root.find(_XS + "complexType")}
+    walk(root)
+    layouts: dict[str, Layout] = {}
+    for name, kinds in declared.items():
+        if len(kinds) != 1:
+            continue
+        (kind,) = kinds
+        node = types.get(kind) if isinstance(kind, str) else kind
+        layout = _plain_sequence(node) if node is not None else None
+        if layout is not None:
+            layouts[name] = layout
+    return layouts
+
+
+def _plain_sequence(complex_type) -> Layout | None:
+    """The layout of ``complex_type`` if it is a plain sequence (see ``sequence_layouts``), else None."""
+    parts = [n for n in complex_type if isinstance(n.tag, str) and n.tag != _XS + "annotation"]  # not comments
+    if len(parts) != 1 or parts[0].tag != _XS + "sequence" or parts[0].get("minOccurs") or parts[0].get("maxOccurs"):
+        return None
+    layout = []
+    for particle in parts[0]:
+        if not isinstance(particle.tag, str) or particle.tag == _XS + "annotation":
+            continue
+        least, most = particle.get("minOccurs", "1"), particle.get("maxOccurs", "1")
+        if particle.tag != _XS + "element" or (least, most) != ("1", "1") and least != "0":
+            return None
+        layout.append((particle.get("name"), least == "0", most != "1"))
+    return tuple(layout)
+
+
+def element_parents(version: SchemaVersion, xsd_dir: Path = XSD_DIR) -> dict[str, frozenset[tuple[str, ...]]]:
+    """Local name -> the paths (below the root, the root's own children at ``()``) of the elements that
+    hold an element of that name. The rules read a field at its fixed place instead of searching the whole
+    message when every element of that name sits there."""
+    types, roots = _schema_nodes(version, xsd_dir)
+    found: dict[str, set[tuple[str, ...]]] = {}
+    groups = {_XS + "sequence", _XS + "choice", _XS + "all", _XS + "complexContent", _XS + "extension"}
+
+    def children_of(node):
+        """The element declarations directly inside a complex type (through groups and extensions)."""
+        for part in node:
+            if part.tag == _XS + "element":
+                yield part
+            elif part.tag in groups:
+                if part.tag == _XS + "extension" and part.get("base") in types:
+                    yield from children_of(types[part.get("base")])
+                yield from children_of(part)
+
+    def walk(element, path: tuple[str, ...]) -> None:
+        kind = element.find(_XS + "complexType")
+        if kind is None:
+            kind = types.get(element.get("type"))
+        if kind is None or len(path) > 30:  # a simple type; (and a guard against a recursive schema)
+            return
+        for child in children_of(kind):
+            found.setdefault(child.get("name"), set()).add(path)
+            walk(child, path + (child.get("name"),))
+
+    walk(roots[version.type.value], ())
+    return {name: frozenset(paths) for name, paths in found.items()}

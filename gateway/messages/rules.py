@@ -21,7 +21,7 @@ from typing import Protocol
 
 from lxml import etree
 
-from .catalogue import BY_ROOT_TAG, MessageType, SchemaVersion, declared_element_names
+from .catalogue import Layout, MessageType, SchemaVersion, declared_element_names, element_parents, sequence_layouts
 from .entitlement import RECIPIENT_FIELDS, SENDER_KIND, PartyKind
 from .problems import Problem
 
@@ -95,6 +95,9 @@ def _date(el: etree._Element) -> date:
 # gemeentecode), persoon/burgerservicenummer and penitentiaireInrichting/code;
 # tests/messages/test_rule_locations.py holds the XSDs to those places.
 _IBAN, _MUNICIPALITY, _PAST_DATE, _CODED = range(4)
+#: where a scanned name may instead be read directly (see ``_Plan.fixed``): the root's children, detentie's,
+#: and persoon's last (geboortedatum)
+_FIXED_PLACES = ((), ("detentie",), ("persoon",))
 _SCANNED: dict[str, int] = {
     "iban": _IBAN,
     **dict.fromkeys(("gemeenteVanHerkomst", "gemeenteVanVestiging", "gemeente", "overgedragenAanGemeente"), _MUNICIPALITY),
@@ -114,23 +117,173 @@ _SCREENING_TABS = ("identiteitsbewijs", "inkomenWerkDagbesteding", "schulden", "
                    "reclasseringJustitieelKader")
 
 
+class _Placement:
+    """The children of a schema-valid parent by local name, named from one XSD layout
+    (``catalogue.sequence_layouts``) instead of from their tags.
+
+    Reading a child's tag costs lxml a new "{namespace}name" string (~2.5k instructions, callgrind), and the
+    rules run on every message. In a plain sequence a required child's name follows from its place, so a tag
+    is read only where a loose child may be missing or repeated, and not at all when the count of children
+    says that every loose child is there, or none is. Without a layout (choices, nested groups), every
+    child's tag is read. For a repeated name the dict holds the last child: no rule reads repeated children.
+    """
+
+    __slots__ = ("_layout", "_required", "_every")
+
+    def __init__(self, ns: str, layout: Layout | None):
+        self._layout = None if layout is None else tuple((name, ns + name, loose, repeats)
+                                                         for name, loose, repeats in layout)
+        self._required = self._every = None
+        if layout is not None:
+            self._required = tuple(name for name, loose, _ in layout if not loose)
+            if not any(repeats for *_, repeats in layout):
+                self._every = tuple(name for name, *_ in layout)
+
+    def children(self, parent: etree._Element, n: int) -> dict[str, etree._Element]:
+        """``n``: the length of the namespace part of a tag, for the fallback that reads every tag."""
+        kids = list(parent)
+        if self._layout is None:
+            return {child.tag[n:]: child for child in kids}
+        if len(kids) == len(self._required):
+            return dict(zip(self._required, kids))
+        if self._every is not None and len(kids) == len(self._every):
+            return dict(zip(self._every, kids))
+        out: dict[str, etree._Element] = {}
+        particles = iter(self._layout)
+        name, tag, loose, repeats = next(particles)
+        for child in kids:
+            if loose:
+                actual = child.tag  # read once: each read makes a new string
+                while loose and actual != tag:  # a loose particle not (or no longer) present: the next one
+                    name, tag, loose, repeats = next(particles)
+            out[name] = child
+            if not repeats:
+                name, tag, loose, repeats = next(particles, (None, None, False, False))
+        return out
+
+
+class _Plan:
+    """What the index needs to know of one schema version, worked out from its XSD on first use."""
+
+    __slots__ = ("ns", "n", "placements", "fixed", "scan_kinds", "scan_tags")
+
+    def __init__(self, version: SchemaVersion):
+        self.ns = "{" + version.namespace + "}"
+        self.n = len(self.ns)
+        layouts = sequence_layouts(version)
+        self.placements = {name: _Placement(self.ns, layout) for name, layout in layouts.items()}
+        declared = declared_element_names(version)
+        parents = element_parents(version)
+        names = [name for name in _SCANNED if name in declared]
+
+        def once_at(place: tuple[str, ...], name: str) -> bool:
+            """``name`` occurs at most once in that place's plain sequence: the index's dict holds it."""
+            layout = layouts.get(place[-1] if place else version.type.value)
+            return layout is not None and any(n == name and not repeats for n, _, repeats in layout)
+
+        # a name found only at a place the index reads anyway is read there: each name given to the scan
+        # costs ~2.4k instructions to prepare, and each one it finds ~3k more
+        self.fixed = tuple((place, name, _SCANNED[name]) for name in names
+                           if len(parents[name]) == 1 and (place := next(iter(parents[name]))) in _FIXED_PLACES
+                           and once_at(place, name) and (place != ("persoon",) or name == "geboortedatum"))
+        scanned = [name for name in names if name not in {name for _, name, _ in self.fixed}]
+        self.scan_kinds = {self.ns + name: _SCANNED[name] for name in scanned}
+        self.scan_tags = tuple("{*}" + name for name in scanned)
+
+    def children(self, parent: etree._Element, name: str) -> dict[str, etree._Element]:
+        placement = self.placements.get(name)
+        if placement is None:
+            placement = self.placements[name] = _Placement(self.ns, None)
+        return placement.children(parent, self.n)
+
+
+_UNREAD = object()
+
+
 class MessageIndex:
     """One schema-valid message, indexed once for the rules and for reading its header.
 
     The rules run on every message and must stay cheap next to the XSD check
     (~50 µs for a 10 KB message). Every element touched from Python costs an
-    lxml proxy object and a new tag string, and every tag given to a filtered
-    ``iter`` costs about as much again to prepare (measured with callgrind:
-    ~1.3k instructions per tag per call, ~1.5k per proxy). So: the root's
-    children (5-12) are read once, without a filter, into a dict and the fixed
-    places the rules use (header, PI, person); one C-level ``iter`` over the
-    scanned names that the message's type can hold (read from its XSD),
-    written ``{*}name`` (the cheapest form to prepare; a schema-valid message
-    has one namespace), collects the rest in document order; the recipient
-    field is looked up once.
+    lxml proxy object, every tag read a new string, and every tag given to a
+    filtered ``iter`` costs about as much again to prepare (measured with
+    callgrind: ~1.3k instructions per tag per call, ~1.5k per proxy, ~2.5k per
+    tag read). So: children are named by their place in the XSD's sequence
+    (``_Placement``), not by their tags; the header's party codes and texts
+    are read once; the scanned names that sit at a place read anyway (the
+    root's children, detentie's, persoon's birth date) are taken from there,
+    and one C-level ``iter`` over the other scanned names that the message's
+    type can hold (read from its XSD), written ``{*}name`` (the cheapest form
+    to prepare; a schema-valid message has one namespace), collects the rest
+    in document order; the recipient field is looked up once.
     """
 
-    __slots__ = ("root", "ns", "_n", "top", "kop", "pi_code", "persoon", "scan", "created", "_recipient")
+    __slots__ = ("root", "ns", "_n", "_plan", "top", "kop", "pi_code", "persoon", "scan", "created", "_recipient",
+                 "_parties", "_texts", "_detentie")
+
+    #: root tag -> the plan of its schema version
+    _plans: dict[str, _Plan] = {}
+
+    def __init__(self, root: etree._Element, version: SchemaVersion):
+        self.root = root
+        plan = self._plans.get(version.root_tag)
+        if plan is None:
+            plan = self._plans[version.root_tag] = _Plan(version)
+        self._plan, self.ns, self._n = plan, plan.ns, plan.n
+        # berichtkop, penitentiaireInrichting (code first) and persoon open every message (XSD;
+        # tests/messages/test_rule_locations.py)
+        self.top = plan.children(root, version.type.value)
+        self.kop = plan.children(root[0], "berichtkop")
+        self.pi_code = root[1][0]
+        self.persoon = root[2]
+        self._detentie: dict[str, etree._Element] | None = None
+        kinds = plan.scan_kinds
+        self.scan = self._at_fixed_places()
+        if plan.scan_tags:
+            self.scan += [(kinds[el.tag], el) for el in root.iter(*plan.scan_tags)]
+        self._recipient: tuple | None = None
+        self._parties: dict[str, tuple[etree._Element, bool, str] | None] = {}
+        self._texts: dict[str, str | None] = {}
+        self.created = datetime.fromisoformat(self.header_text("aanmaaktijdstip").strip())
+
+    def detentie(self) -> dict[str, etree._Element] | None:
+        """The children of ``detentie`` by local name (read once), None in a message without it."""
+        if self._detentie is None:
+            el = self.top.get("detentie")
+            self._detentie = {} if el is None else self._plan.children(el, "detentie")
+        return self._detentie or None
+
+    def _at_fixed_places(self) -> list[tuple[int, etree._Element]]:
+        """(kind of check, element) for the scanned names read at their fixed places (``_Plan.fixed``)."""
+        out = []
+        for place, name, kind in self._plan.fixed:
+            if not place:
+                el = self.top.get(name)
+            elif place == ("detentie",):
+                el = (self.detentie() or {}).get(name)
+            else:
+                el = self.persoon[-1]  # geboortedatum is persoon's last field (XSD)
+            if el is not None:
+                out.append((kind, el))
+        return out
+
+    def header_text(self, name: str) -> str | None:
+        """The text of a header field as written (read once), None when the field is absent."""
+        text = self._texts.get(name, _UNREAD)  # not try/except: the optional fields are often absent
+        if text is _UNREAD:
+            el = self.kop.get(name)
+            text = self._texts[name] = el.text if el is not None else None
+        return text
+
+    def party(self, name: str) -> tuple[etree._Element, bool, str] | None:
+        """The header's ``afzender`` or ``ontvanger``: (its code element, whether it is a piCode, the code as
+        written), read once; None when absent."""
+        found = self._parties.get(name, _UNREAD)
+        if found is _UNREAD:
+            holder = self.kop.get(name)
+            code = holder[0] if holder is not None else None
+            found = self._parties[name] = None if code is None else (code, code.tag[self._n:] == "piCode", code.text)
+        return found
 
     def recipient_field(self, mtype: MessageType) -> tuple[etree._Element, tuple[str, ...]] | None:
         """The element that names the recipient under the entitlement table, and its path (looked up once)."""
@@ -147,35 +300,9 @@ class MessageIndex:
         self._recipient = found
         return found or None
 
-    #: root tag -> ({full tag: kind of check}, the tags to scan for): the scanned names this type can hold
-    _scan_plan: dict[str, tuple[dict[str, int], tuple[str, ...]]] = {}
-
-    def __init__(self, root: etree._Element):
-        self.root = root
-        ns = self.ns = root.tag[: root.tag.index("}") + 1]
-        n = self._n = len(ns)
-        plan = self._scan_plan.get(root.tag)
-        if plan is None:
-            declared = declared_element_names(BY_ROOT_TAG[root.tag])
-            names = [name for name in _SCANNED if name in declared]
-            plan = self._scan_plan[root.tag] = ({ns + name: _SCANNED[name] for name in names},
-                                                tuple("{*}" + name for name in names))
-        kinds, scan_tags = plan
-        children = list(root)
-        # berichtkop, penitentiaireInrichting (code first) and persoon open every message (XSD;
-        # tests/messages/test_rule_locations.py)
-        header, institution, self.persoon = children[0], children[1], children[2]
-        self.top = {child.tag[n:]: child for child in children[1:]}
-        self.kop = {child.tag[n:]: child for child in header}
-        self.pi_code = institution[0]
-        self.scan = [(kinds[el.tag], el) for el in root.iter(*scan_tags)] if scan_tags else []
-        self._recipient: tuple | None = None
-        self.created = datetime.fromisoformat(self.kop["aanmaaktijdstip"].text.strip())
-
-    def children(self, el: etree._Element) -> dict[str, etree._Element]:
-        """Direct children by local name; for a repeated name, the last one: no rule reads repeated children."""
-        n = self._n
-        return {child.tag[n:]: child for child in el}
+    def children(self, el: etree._Element, name: str) -> dict[str, etree._Element]:
+        """The children of ``el``, an element called ``name``, by local name."""
+        return self._plan.children(el, name)
 
     def child(self, el: etree._Element | None, name: str) -> etree._Element | None:
         if el is None:
@@ -205,15 +332,15 @@ def check_rules(schema: SchemaVersion, doc: MessageIndex, parties: PartyChecks,
 def _header_rules(mtype: MessageType, doc: MessageIndex, now: datetime) -> list[Problem]:
     out: list[Problem] = []
     kop = doc.kop
-    declared = kop["berichttype"]
-    if declared.text != mtype.value:
-        out.append(_problem("header-type", f"the header says berichttype '{declared.text}' but the message is a {mtype.value}",
-                            declared, declared.text))
-    own_id = kop["berichtId"].text
+    declared = doc.header_text("berichttype")
+    if declared != mtype.value:
+        out.append(_problem("header-type", f"the header says berichttype '{declared}' but the message is a {mtype.value}",
+                            kop["berichttype"], declared))
+    own_id = doc.header_text("berichtId")
     for name in ("antwoordOp", "vervangt"):
-        ref = kop.get(name)
-        if ref is not None and ref.text == own_id:
-            out.append(_problem("self-reference", f"{name} names this message's own berichtId; it must name an earlier message", ref, ref.text))
+        ref = doc.header_text(name)
+        if ref is not None and ref == own_id:
+            out.append(_problem("self-reference", f"{name} names this message's own berichtId; it must name an earlier message", kop[name], ref))
     if mtype is MessageType.GEMEENTEBLAD and "antwoordOp" not in kop:
         out.append(_problem("reply-missing", "a gemeenteblad answers a meldingsbericht: berichtkop/antwoordOp must give that message's berichtId",
                             doc.root[0]))
@@ -222,31 +349,31 @@ def _header_rules(mtype: MessageType, doc: MessageIndex, now: datetime) -> list[
         out.append(_problem("created-in-future", "aanmaaktijdstip lies in the future; check the sending system's clock", el, el.text))
 
     # The sender must be the party the content speaks for.
-    sender = kop["afzender"][0]
-    sender_kind = PartyKind.INSTITUTION if doc.local(sender) == "piCode" else PartyKind.MUNICIPALITY
+    sender, sender_is_pi, sender_code = doc.party("afzender")
+    sender_kind = PartyKind.INSTITUTION if sender_is_pi else PartyKind.MUNICIPALITY
     if sender_kind is not SENDER_KIND[mtype]:
         wanted = "a PI (piCode)" if SENDER_KIND[mtype] is PartyKind.INSTITUTION else "a municipality (gemeentecode)"
-        out.append(_problem("sender", f"a {mtype.value} is sent by {wanted}", sender, sender.text))
+        out.append(_problem("sender", f"a {mtype.value} is sent by {wanted}", sender, sender_code))
     elif sender_kind is PartyKind.INSTITUTION:
         pi = doc.pi_code.text
-        if sender.text != pi:
-            out.append(_problem("sender", f"afzender {sender.text} is not the PI named in the message ({pi})", sender, sender.text))
+        if sender_code != pi:
+            out.append(_problem("sender", f"afzender {sender_code} is not the PI named in the message ({pi})", sender, sender_code))
     else:
         origin = doc.top["gemeenteVanHerkomst"].text
-        if sender.text != origin:
-            out.append(_problem("sender", f"a gemeenteblad comes from the municipality of origin ({origin}), not from {sender.text}", sender, sender.text))
+        if sender_code != origin:
+            out.append(_problem("sender", f"a gemeenteblad comes from the municipality of origin ({origin}), not from {sender_code}", sender, sender_code))
 
     # A header may name the recipient, but only the one the content names.
-    named = kop.get("ontvanger")
+    named = doc.party("ontvanger")
     if named is not None:
-        named = named[0]
+        named, named_is_pi, named_code = named
         rule = RECIPIENT_FIELDS[mtype]
         found = doc.recipient_field(mtype)
         derived = found[0].text.strip() if found else None
-        named_kind = PartyKind.INSTITUTION if doc.local(named) == "piCode" else PartyKind.MUNICIPALITY
-        if named_kind is not rule.kind or named.text != derived:
-            out.append(_problem("recipient", f"ontvanger {named.text} disagrees with the content: a {mtype.value} goes to "
-                                f"{rule.describe()} ({derived})", named, named.text))
+        named_kind = PartyKind.INSTITUTION if named_is_pi else PartyKind.MUNICIPALITY
+        if named_kind is not rule.kind or named_code != derived:
+            out.append(_problem("recipient", f"ontvanger {named_code} disagrees with the content: a {mtype.value} goes to "
+                                f"{rule.describe()} ({derived})", named, named_code))
     return out
 
 
@@ -278,14 +405,13 @@ def _scan_rules(doc: MessageIndex, parties: PartyChecks, today: date) -> list[Pr
     bsn = doc.persoon[0]  # the BSN, when known, is persoon's first field (XSD)
     if bsn.tag == doc.ns + "burgerservicenummer" and not bsn_is_valid(bsn.text):
         out.append(_problem("bsn-check", "the burgerservicenummer fails the 11-proef (typing error?)", bsn, bsn.text))
-    parties_named = [doc.pi_code]
+    parties_named = [(doc.pi_code, True, doc.pi_code.text)]
     for name in ("afzender", "ontvanger"):
-        party = doc.kop.get(name)
+        party = doc.party(name)
         if party is not None:
-            parties_named.append(party[0])
-    for el in parties_named:
-        code = el.text
-        if doc.local(el) == "gemeentecode":
+            parties_named.append(party)
+    for el, is_pi, code in parties_named:
+        if not is_pi:
             reason = municipality_problem(code, today)
             if reason:
                 out.append(_problem("municipality", reason, el, code))
@@ -299,7 +425,7 @@ def _scan_rules(doc: MessageIndex, parties: PartyChecks, today: date) -> list[Pr
 def _date_rules(mtype: MessageType, doc: MessageIndex) -> list[Problem]:
     out: list[Problem] = []
     detentie = doc.top.get("detentie")
-    parts = doc.children(detentie) if detentie is not None else doc.top
+    parts = doc.detentie() if detentie is not None else doc.top
     start_el = parts.get("aanvangDetentie")
     start = _date(start_el) if start_el is not None else None
     birth = doc.persoon[-1]  # geboortedatum is persoon's last field (XSD)
@@ -356,7 +482,8 @@ def _basisdocument_rules(doc: MessageIndex) -> list[Problem]:
         if missing:
             out.append(_problem("screening-incomplete", "the detainee was screened (miVragenBasis/gescreend), so the basisdocument "
                                 f"must carry every screening tab; missing: {', '.join(missing)}", mi))
-    care = doc.child(doc.child(doc.top["voorblad"], "dagelijkseZorgMinderjarigeKinderen"), "ja")
+    care = doc.children(doc.top["voorblad"], "voorblad").get("dagelijkseZorgMinderjarigeKinderen")
+    care = doc.child(care, "ja")
     if care is not None:
         count = care[0]  # aantalKinderen comes first (XSD), the birth dates follow
         dates = len(care) - 1

@@ -96,7 +96,7 @@ class Validator:
         except InputRejected as e:
             return Verdict(source, None, (Problem(e.code, e.message, e.line),))
         root = tree.getroot()
-        version = BY_ROOT_TAG.get(root.tag)
+        version = BY_ROOT_TAG.get(root.tag)  # the one read of the root's tag: the index takes it from the version
         schema = self.schema(version) if version is not None else None
         if schema is None or not schema.validate(tree):
             too_deep = depth_rejection(tree)
@@ -108,7 +108,7 @@ class Validator:
             return Verdict(source, None, problems, *_declared(root))
 
         now = self._clock()
-        doc = MessageIndex(root)
+        doc = MessageIndex(root, version)
         problems = check_rules(version, doc, self._parties, now.astimezone(AMSTERDAM).date(), now)
         if problems:
             return Verdict(source, None, tuple(problems), *_declared(root))
@@ -123,20 +123,18 @@ class Validator:
 
 
 def _message(version: SchemaVersion, doc: MessageIndex) -> Message:
-    kop = doc.kop
-
     def text(name: str) -> str | None:
-        el = kop.get(name)
-        return el.text.strip() if el is not None else None
+        value = doc.header_text(name)
+        return value.strip() if value is not None else None
 
-    sender_el = kop["afzender"][0]
-    sender_kind = PartyKind.INSTITUTION if doc.local(sender_el) == "piCode" else PartyKind.MUNICIPALITY
+    _, sender_is_pi, sender_code = doc.party("afzender")
+    sender_kind = PartyKind.INSTITUTION if sender_is_pi else PartyKind.MUNICIPALITY
     return Message(
         type=version.type,
         version=version.version,
         message_id=text("berichtId"),
         created=doc.created,
-        sender=Party(sender_kind, sender_el.text.strip()),
+        sender=Party(sender_kind, sender_code.strip()),
         recipient=Party(RECIPIENT_FIELDS[version.type].kind, doc.recipient_field(version.type)[0].text.strip()),
         dossier=text("dossierreferentie"),
         replies_to=text("antwoordOp"),
