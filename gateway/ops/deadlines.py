@@ -416,12 +416,17 @@ def alerts_tx(conn, today: date, dossiers: list[str] | None = None) -> dict[str,
     """Per dossier with an alert, its alerting steps as (status, step type) pairs (``current_alerts``); on a
     reader connection. What the metrics count, without keeping any dossier's chain in memory."""
     out = {}
-    shared: dict[tuple, tuple] = {}  # few distinct combinations: one object each, not one per dossier
     for dossier, events in event_stream(conn, dossiers):
         alerts = current_alerts(dossier_steps(dossier, events, today), events, today)
         if alerts:
-            out[dossier] = shared.setdefault(alerts, alerts)
+            out[dossier] = _ALERT_PAIRS.setdefault(alerts, alerts)
     return out
+
+
+#: each distinct combination of alerts once for the daemon's life, whichever round computed it: the watch
+#: keeps a dossier's alerts for months, and a tuple of its own per alerting dossier was ~0.1 KiB each. Bounded:
+#: each of the five steps has at most one of the three alert statuses (at most 4 ** 5 combinations; a few in use)
+_ALERT_PAIRS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 
 
 __all__ = ["ALERT_KEPT_DAYS", "AMSTERDAM", "DUE_SOON_DAYS", "RELEASES", "STEPS", "Dossier", "Event", "Facts", "Step",

@@ -60,6 +60,14 @@ log = structlog.get_logger(__name__)
 BUSY_TIMEOUT_MS = 15_000  #: how long a writer waits for another process's write before failing
 READERS = 2  #: reader threads (and connections) per store
 GROUP_MAX = 64  #: most writes committed together (bounds how long the write lock is held at once)
+#: SQLite page cache of each reader connection (SQLite's default: 2,000 KiB, as the writer keeps). In WAL a
+#: reader's cache is dropped whenever another connection committed, i.e. at nearly every read under load, so a
+#: larger one only helps within one statement; but one read over many rows (the overdue-receipt watch's, every
+#: minute, over every message waiting for a receipt) filled it to the full 2 MB, on each reader in turn, and
+#: what it freed stayed resident until the next trim (measured on the soak's store, 42,000 messages waiting:
+#: 2,049 KiB after that read; the soak's RSS swung by up to ~4 MB in its second half). With 512 KiB that read,
+#: the deadline watch's full round and the figures took as long (same store, back to back, 2 runs each).
+READER_CACHE_KIB = 512
 SYNC_DRIVERS = {"aiosqlite": "pysqlite", "asyncpg": "psycopg", "psycopg_async": "psycopg"}
 
 T = TypeVar("T")
@@ -228,6 +236,8 @@ class Runner:
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self.engine.connect()
+            if self.engine.dialect.name == "sqlite" and threading.current_thread() is not self._writer:
+                conn.connection.dbapi_connection.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
             with self._opened_lock:
                 self._opened.append(conn)
             self._local.conn = conn

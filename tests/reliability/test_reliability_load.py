@@ -34,12 +34,28 @@ The soak, each time 50,000 messages on a machine shared with another engineer's 
 max, second half's max, allowed): before, 125.9 MB, 135.2 MB, 128.4 MB (~0.47 KiB per message from the
 first sample). With the arenas, the history bound and the stories told as of today: 121,180, 128,148,
 123,603 (115.1 -> 127.8 MB, ~0.25 KiB per message). With the padded IN lists too: 120,676, 124,132,
-123,089 (115.1 -> 124.0 MB, ~0.18 KiB per message; the second half 120.3 -> 124.0). Still refused, by
-~1 MB: ~0.15 KiB per message is not explained. Of it, the urgent release's dossiers keep an alert each
-(no melding; ~7,200 at the end, ~0.1 KiB each, the watch's dict copied three times), and both soaks
-stepped up 2-4 MB once, after ~30,000 messages (in-process: a 1.9 MB mmapped block and +2.5 MB of heap
-after ~10,000), not yet traced; the in-process harness lacks the IMAP side (DSNs: 8,834 of 51,000
-delivered), whose share is not measured. The margins stay as they are.
+123,089 (115.1 -> 124.0 MB, ~0.18 KiB per message; the second half 120.3 -> 124.0). Still refused, by ~1 MB.
+
+What the rest was (2026-11-30; the daemon sampled every 15 s in 20,000-message runs: /proc smaps per
+mapping, mallinfo2, sqlite3_status and sqlite3_db_status per connection, the largest containers by a gc
+walk). No container grew per message but two, and one read filled a page cache:
+(1) the deadline watch's alerts (the urgent release's dossiers, ~7,300 at the end) were kept three times
+(the cache, the watch's last round and, through a generator's cell, the round before) with a tuple per
+dossier: ~0.25 KiB per alerting dossier. Now the one mapping each computation replaces, its tuples shared
+(``deadlines._ALERT_PAIRS``): ~0.1 KiB, most of it the reference.
+(2) the mail watcher: under this load the DSNs come back faster than the daemon files them (~35 messages
+sent a second, 4-9 reports filed: 8,979 of 51,000 by the end), so each round of ``watch_mailbox`` lists a
+bigger backlog than the last, and works through it for longer (minutes). A round held lists and
+a dict of integers per waiting mail (~0.13 KiB each, ~3.5 MB at 28,000) and its listing peaked at ~4.4 MB;
+now a packed array (~0.2 MB). Soak with (1) and (2): 118,924, 123,528, 121,302: the first half 1.7 MB
+lower, but still a step of ~3 MB at ~34,000 messages, then samples swinging by up to 4 MB.
+(3) the step is not Python's heap ([heap] flat) but glibc's second arena (the store's threads): the
+overdue-receipt watch's read (``sent_without_receipt``, every minute) goes through every message still
+`sent`, here the DSN backlog (42,000 at the end), and filled the reader connection's SQLite page cache to
+its 2 MB (2,049 KiB measured on the soak's store), each reader in turn, freed only to be trimmed later. A
+second soak with (1) and (2): 119,076, 123,664, 121,457 (second half 118.3-123.7 MB). Reader connections
+now keep a 512 KiB cache (``engine.READER_CACHE_KIB``; that read, the full deadline round and the figures
+took as long). The margins stay as they are.
 
 1,000 messages in the normal suite; 50,000 with `--soak` (by hand: 20-30 minutes on two cores)."""
 
