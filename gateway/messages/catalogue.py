@@ -10,6 +10,7 @@ readable as long as they are listed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from enum import StrEnum
 from pathlib import Path
 
@@ -57,8 +58,10 @@ def known_namespaces() -> list[str]:
 _XS = "{http://www.w3.org/2001/XMLSchema}"
 
 
+@lru_cache(maxsize=None)
 def _schema_nodes(version: SchemaVersion, xsd_dir: Path) -> tuple[dict, dict]:
-    """The named complex types and the top-level elements of a version's XSD and what it includes."""
+    """The named complex types and the top-level elements of a version's XSD and what it includes; read
+    once per process (three walks use them when the rules first meet a version), never to be changed."""
     from lxml import etree  # only here: the catalogue itself is imported by rooms that never parse
 
     types: dict[str, etree._Element] = {}
