@@ -91,21 +91,7 @@ def declared_element_names(version: SchemaVersion, xsd_dir: Path = XSD_DIR) -> f
     type can contain. Our own trusted files, parsed plainly; the XSDs use no refs, groups or
     substitution groups (tests/messages/test_rule_locations.py holds this walk to xmlschema's).
     """
-    types, roots = _schema_nodes(version, xsd_dir)
-    names: set[str] = set()
-    walked: set[str] = set()
-
-    def walk(node) -> None:
-        for el in node.iter(_XS + "element", _XS + "extension"):
-            if el.tag == _XS + "element":
-                names.add(el.get("name"))
-            type_name = el.get("type") if el.tag == _XS + "element" else el.get("base")
-            if type_name in types and type_name not in walked:
-                walked.add(type_name)
-                walk(types[type_name])
-
-    walk(roots[version.type.value])
-    return frozenset(names)
+    return frozenset(element_parents(version, xsd_dir)) | {version.type.value}
 
 
 #: an element's children as its type declares them, in order: (local name, loose, repeats); a loose child

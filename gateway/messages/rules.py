@@ -21,7 +21,7 @@ from typing import Protocol
 
 from lxml import etree
 
-from .catalogue import Layout, MessageType, SchemaVersion, declared_element_names, element_parents, sequence_layouts
+from .catalogue import Layout, MessageType, SchemaVersion, element_parents, sequence_layouts
 from .entitlement import RECIPIENT_FIELDS, SENDER_KIND, PartyKind
 from .problems import Problem
 
@@ -172,9 +172,8 @@ class _Plan:
         self.n = len(self.ns)
         layouts = sequence_layouts(version)
         self.placements = {name: _Placement(self.ns, layout) for name, layout in layouts.items()}
-        declared = declared_element_names(version)
-        parents = element_parents(version)
-        names = [name for name in _SCANNED if name in declared]
+        parents = element_parents(version)  # every name below the root: what this type can hold
+        names = [name for name in _SCANNED if name in parents]
 
         def once_at(place: tuple[str, ...], name: str) -> bool:
             """``name`` occurs at most once in that place's plain sequence: the index's dict holds it."""
