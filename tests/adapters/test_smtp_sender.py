@@ -336,17 +336,15 @@ async def test_a_connection_found_dead_at_rset_is_reopened_once_transparently(st
     assert [e["event"] for e in logs].count("smtp.reconnect") == 1
 
 
-async def test_throughput_over_one_reused_tls_connection(start_peer, make_sender):
-    """A floor far below what this machine does (~400/s), so it only catches a broken reuse."""
+async def test_many_messages_over_one_reused_tls_connection(start_peer, make_sender):
+    """A hundred messages, one connection (speed is measured in bench/pipeline.py, not here)."""
     peer = await start_peer()
     sender = make_sender(peer, max_messages_per_connection=1000)
     await send(sender)
-    n, started = 100, time.perf_counter()
-    for i in range(n):
+    for i in range(100):
         await send(sender, envid=f"m-{i}", data=DATA * 40)
-    rate = n / (time.perf_counter() - started)
     assert peer.connections == 1
-    assert rate > 25, f"{rate:.0f} sends/s"
+    assert [c.arg for c in peer.commands if c.verb == "MAIL"][-100:] == [f"FROM:<{FROM}> RET=HDRS ENVID=m-{i}" for i in range(100)]
 
 
 async def test_arguments_that_could_never_be_sent(start_peer, make_sender):
