@@ -36,7 +36,8 @@ How answers and failures are classified (``.reason`` in operator words, never co
 A connection that the server closed while idle in the pool is retried once, transparently (same
 Message-ID). When a connection breaks before any answer, a fresh TLS handshake without a request
 tells a refused client certificate (TLS 1.3 reports it only after the request is on its way, as a
-reset; see ``_refused_at_tls``) from a transient failure. The client keeps one
+reset; see ``_refused_at_tls``) from a transient failure, such as a TLS front whose service behind
+it is down (it accepts our certificate, sends its session tickets, then hangs up). The client keeps one
 ``aiohttp.ClientSession`` (connections reused); it is safe for concurrent posts. Never logged:
 bodies, keys, the receipt address.
 """
@@ -298,7 +299,8 @@ class As2Client:
         refusal reaches the client as a reset or closed connection once the request is on its way (and
         servers built on asyncio send no alert at all). After such a failure a fresh handshake without
         a request tells: a server that accepts us waits for the request; one that refused us sends an
-        alert or hangs up at once."""
+        alert or hangs up at once, before its session tickets. (A server that sends no tickets at all and
+        hangs up after the handshake is still taken for a refusal: held, never sent elsewhere.)"""
         host, port = self._url.raw_host, self._url.port or 443
         wait = min(1.0, self.settings.timeout)
         try:
@@ -314,9 +316,15 @@ class As2Client:
             return _tls_words(e)
         except (OSError, asyncio.TimeoutError):
             return None
+        else:
+            # A server that checked and accepted our certificate sends its session tickets before anything
+            # else (TLS 1.3: only then); one that refused it sends none. So a hang-up after a ticket is a
+            # TLS front whose service behind it is down: temporary, not a refusal.
+            accepted = data or ((ssl_object := writer.get_extra_info("ssl_object")) is not None
+                                and ssl_object.session is not None and ssl_object.session.has_ticket)
         finally:
             writer.close()
-        if data:
+        if accepted:
             return None
         return "TLS: the partner refused our client certificate (it hangs up right after the handshake)"
 

@@ -173,6 +173,35 @@ async def test_connection_refused_is_temporary(pki):
     await client.close()
 
 
+async def test_a_tls_front_whose_service_is_down_is_temporary_not_a_refusal(pki):
+    """A TLS terminator that completes the handshake (our certificate accepted) and then hangs up, because
+    what stands behind it is down, is an outage: retried later, not held as a certificate refusal. The
+    control: the same terminator refusing a foreign client certificate is still a refusal."""
+    ctx = server_context(server_cert_chain_pem=pki.server.chain_pem, server_key_pem=pki.server.key_pem,
+                         client_ca_pem=pki.ca.pem)
+    connections = []
+
+    async def backend_down(reader, writer):
+        connections.append(writer.get_extra_info("peercert") is not None)
+        writer.close()
+
+    server = await asyncio.start_server(backend_down, HOST, 0, ssl=ctx)
+    try:
+        url = f"https://{HOST}:{server.sockets[0].getsockname()[1]}/as2"
+        client = As2Client(pki.settings(), pki.partner(url))
+        with pytest.raises(As2Temporary, match="closed the connection without an answer"):
+            await post(client)
+        await client.close()
+        assert connections and all(connections)  # every connection was accepted with our certificate
+        foreign = As2Client(pki.settings(client=pki.foreign_client), pki.partner(url))
+        with pytest.raises(As2Security, match="refused our client certificate"):
+            await post(foreign)
+        await foreign.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_server_that_never_answers_is_a_timeout(pki):
     ctx = server_context(server_cert_chain_pem=pki.server.chain_pem, server_key_pem=pki.server.key_pem,
                          client_ca_pem=pki.ca.pem)
