@@ -516,6 +516,10 @@ CASES = [
         "doctype",
         message_contains("line 2, column 1"),
     ),
+    Case("doctype-after-a-prolog-comment", doc(DECL + b"<!-- x -->\n<!DOCTYPE r [<!ENTITY x 'y'>]><r>&x;</r>"),
+         "doctype", message_contains("line 3, column 1")),
+    Case("doctype-after-a-processing-instruction", doc(b"<?pi <r/> ?><!DOCTYPE r [<!ENTITY x 'y'>]><r>&x;</r>"),
+         "doctype"),
     # Conservative on purpose: the byte search does not know about CDATA.
     Case("doctype-text-inside-cdata", doc(b"<r><![CDATA[<!DOCTYPE r>]]></r>"), "doctype"),
     Case(

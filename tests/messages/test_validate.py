@@ -100,6 +100,12 @@ def test_a_message_is_checked_against_today_for_municipalities(parties):
     assert [p.code for p in after.problems] == ["municipality", "municipality"]  # header ontvanger and gemeenteVanHerkomst
     assert all("9001" in p.message and "2027-01-01" in p.message for p in after.problems)
 
+    # one long-running validator (the daemon's) sees the day change, and a clock set back, on its next message
+    clock = iter([datetime(2026, 12, 31, 22, 59, tzinfo=timezone.utc), datetime(2026, 12, 31, 23, 0, tzinfo=timezone.utc),
+                  datetime(2026, 12, 31, 22, 59, 59, tzinfo=timezone.utc), datetime(2027, 3, 1, tzinfo=timezone.utc)])
+    one = Validator(future, clock=lambda: next(clock))
+    assert [one.validate_bytes(data).valid for _ in range(4)] == [True, False, True, False]
+
 
 def test_deep_nesting_is_refused_by_name(validator):
     """A message nested 100 levels deep is refused as too deep, not as a schema puzzle."""
