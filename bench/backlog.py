@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e"), str(ROOT)]
 
-from bench.common import Daemon, discard_work, machine, write_result  # noqa: E402
+from bench.common import Daemon, count_in, discard_work, machine, wait_for_states, write_result  # noqa: E402
 from bench.pipeline import messages, run_smtp_source  # noqa: E402
 from e2e_gateway import drop, make_setup  # noqa: E402
 from mailservers import MailServers  # noqa: E402
@@ -43,19 +43,6 @@ from gateway.crypto.pki import DEV_PARTIES  # noqa: E402
 from gateway.store import State, Store  # noqa: E402
 
 RATIO_GOAL = 0.5  #: the pipeline's goal (issue 4), here with a backlog
-
-
-async def wait_states(store: Store, ids: set[str], states: list[State], timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = await store.list(states=states, limit=10_000_000)
-        done = {r.message_id: r for r in rows if r.message_id in ids}
-        if len(done) == len(ids):
-            return done
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {len(done)} of {len(ids)} in {[s.value for s in states]} after {timeout} s: "
-                             f"{await store.counts()}")
-        await asyncio.sleep(0.5)
 
 
 async def main() -> int:
@@ -85,10 +72,13 @@ async def main() -> int:
         store = await Store.open(cfg.store.url)
         try:
             print(f"backlog: {args.n} messages dropped while the relay is down …", flush=True)
+            waiting_states = [State.QUEUED, State.RETRY_WAIT]
+            baseline = await count_in(store, waiting_states)
             started = time.monotonic()
             for mid, data in batch:
                 drop(cfg.folders.outbox, f"{mid}.xml", data)
-            waiting = await wait_states(store, ids, [State.QUEUED, State.RETRY_WAIT], timeout=max(600, args.n / 5))
+            waiting = await wait_for_states(store, ids, waiting_states, baseline=baseline, timeout=max(600, args.n / 5),
+                                            poll=0.5)
             queued_s = time.monotonic() - started
             tried_while_down = sum(r.attempts for r in waiting.values())
             peak_queueing = daemon.peak_rss_mb()
@@ -101,10 +91,11 @@ async def main() -> int:
             startup_s = time.monotonic() - restart_at
 
             print("drain: the relay is back …", flush=True)
+            through = [State.SENT, State.DELIVERED, State.ACKNOWLEDGED]
+            baseline = await count_in(store, through)
             servers.start_smtp()
             back = time.time()
-            sent = await wait_states(store, ids, [State.SENT, State.DELIVERED, State.ACKNOWLEDGED],
-                                     timeout=max(600, args.n / 2))
+            sent = await wait_for_states(store, ids, through, baseline=baseline, timeout=max(600, args.n / 2), poll=0.5)
             last = max(r.sent_at.timestamp() for r in sent.values())
             first = min(r.sent_at.timestamp() for r in sent.values())
             attempts = statistics.mean(r.attempts for r in sent.values())

@@ -3,6 +3,7 @@ open baseline, and the gateway daemon run as its own process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
@@ -12,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -195,6 +196,31 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+
+
+async def count_in(store, states: Iterable) -> int:
+    """Messages now in ``states``, from the store's per-state counts (kept by triggers: no row is read)."""
+    counts = await store.counts()
+    return sum(counts[s] for s in states)
+
+
+async def wait_for_states(store, ids: set[str], states: list, *, baseline: int, timeout: float,
+                          poll: float = 0.2) -> dict:
+    """Until every id is in one of ``states``: their records. ``baseline``: ``count_in(store, states)``
+    before the ids were dropped. While waiting only the per-state counts are read: listing every row
+    each poll (5,000 and more) took a good part of a core from the daemon being measured."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await count_in(store, states) >= baseline + len(ids):
+            rows = await store.list(states=states, limit=10_000_000)
+            done = {r.message_id: r for r in rows if r.message_id in ids}
+            if len(done) == len(ids):
+                return done
+        if time.monotonic() > deadline:
+            counts = {s.value: n for s, n in (await store.counts()).items() if n}
+            raise SystemExit(f"{len(ids)} messages not all in {[s.value for s in states]} after {timeout:.0f} s: "
+                             f"{counts}")
+        await asyncio.sleep(poll)
 
 
 def discard_work(work: Path) -> None:

@@ -87,7 +87,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from adapters.as2.client import As2Client, As2Partner, As2Settings  # noqa: E402
-from bench.common import bare_open, Daemon, discard_work, machine, percentile, rate, write_result  # noqa: E402
+from bench.common import (bare_open, count_in, Daemon, discard_work, machine, percentile, rate, wait_for_states,
+                          write_result)  # noqa: E402
 from dropped import OWN_EXAMPLES, example, with_new_id  # noqa: E402
 from e2e_gateway import drop, make_setup  # noqa: E402
 from gateway.config import load_config  # noqa: E402
@@ -149,25 +150,12 @@ def identities(keys: Path) -> tuple[Identity, Identity]:
 
 
 # -- the exchange -----------------------------------------------------------------------------------
-async def acknowledged(store: Store, ids: set[str], timeout: float) -> dict[str, datetime]:
-    """Until every id is `acknowledged`: their `acknowledged_at`; fails with the states when stuck."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = await store.list(states=[State.ACKNOWLEDGED], limit=10_000_000)
-        done = {r.message_id: r.acknowledged_at for r in rows if r.message_id in ids}
-        if len(done) == len(ids):
-            return done
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {len(done)} of {len(ids)} acknowledged after {timeout:.0f} s: "
-                             f"{ {s.value: c for s, c in (await store.counts()).items() if c} }")
-        await asyncio.sleep(0.2)
-
-
 async def exchange(pi: Daemon, gm: Daemon, store: Store, outbox: Path, messages: list[tuple[str, bytes]],
                    pace: float | None, timeout: float) -> dict:
     """Drop `messages` (all at once, or `pace` a second); wait until all are acknowledged."""
     cpu_before = pi.cpu_seconds(), gm.cpu_seconds()
     dropped: dict[str, float] = {}
+    baseline = await count_in(store, [State.ACKNOWLEDGED])
     start = time.time()
     for i, (mid, data) in enumerate(messages):
         if pace:
@@ -176,7 +164,9 @@ async def exchange(pi: Daemon, gm: Daemon, store: Store, outbox: Path, messages:
                 await asyncio.sleep(delay)
         dropped[mid] = time.time()
         drop(outbox, f"{mid}.xml", data)
-    acked = await acknowledged(store, set(dropped), timeout)
+    acked = {mid: r.acknowledged_at for mid, r in
+             (await wait_for_states(store, set(dropped), [State.ACKNOWLEDGED], baseline=baseline,
+                                    timeout=timeout)).items()}
     latencies = [(acked[m].timestamp() - t) * 1000 for m, t in dropped.items()]
     n = len(messages)
     elapsed = max(a.timestamp() for a in acked.values()) - min(dropped.values())

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e")]
 
-from common import Daemon, discard_work, machine, percentile, write_result  # noqa: E402
+from common import Daemon, count_in, discard_work, machine, percentile, wait_for_states, write_result  # noqa: E402
 from dropped import OWN_EXAMPLES, example, with_new_id  # noqa: E402
 from e2e_gateway import drop, make_setup  # noqa: E402
 from mailservers import MailServers  # noqa: E402
@@ -52,18 +52,7 @@ def messages(n: int) -> list[tuple[str, bytes]]:
     return out
 
 
-async def sent_times(store: Store, ids: set[str], timeout: float) -> dict[str, datetime]:
-    """Wait until every id is `sent` (or further); their `sent_at`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = await store.list(states=[State.SENT, State.DELIVERED, State.ACKNOWLEDGED], limit=10_000_000)
-        done = {r.message_id: r.sent_at for r in rows if r.message_id in ids}
-        if len(done) == len(ids):
-            return done
-        if time.monotonic() > deadline:
-            counts = await store.counts()
-            raise SystemExit(f"only {len(done)} of {len(ids)} sent after {timeout} s: {counts}")
-        await asyncio.sleep(0.2)
+THROUGH = [State.SENT, State.DELIVERED, State.ACKNOWLEDGED]
 
 
 async def run_gateway(cfg_path: Path, outbox: Path, store_url: str, batch: list[tuple[str, bytes]],
@@ -74,9 +63,11 @@ async def run_gateway(cfg_path: Path, outbox: Path, store_url: str, batch: list[
     try:
         # a running gateway is warm: validation workers started, SMTP connections open, caches filled
         warm = messages(20)
+        baseline = await count_in(store, THROUGH)
         for mid, data in warm:
             drop(outbox, f"{mid}.xml", data)
-        await sent_times(store, {mid for mid, _ in warm}, timeout=120)
+        await wait_for_states(store, {mid for mid, _ in warm}, THROUGH, baseline=baseline, timeout=120)
+        baseline += len(warm)
         dropped_at: dict[str, float] = {}
         cpu_before = daemon.cpu_seconds()
         start = time.time()
@@ -87,7 +78,8 @@ async def run_gateway(cfg_path: Path, outbox: Path, store_url: str, batch: list[
                     await asyncio.sleep(delay)
             dropped_at[mid] = time.time()
             drop(outbox, f"{mid}.xml", data)
-        sent = await sent_times(store, set(dropped_at), timeout=600)
+        sent = {mid: r.sent_at for mid, r in
+                (await wait_for_states(store, set(dropped_at), THROUGH, baseline=baseline, timeout=600)).items()}
         cpu_ms = (daemon.cpu_seconds() - cpu_before) * 1000 / len(batch)
         latencies = [(sent[m].timestamp() - t) * 1000 for m, t in dropped_at.items()]
         first, last = min(dropped_at.values()), max(s.timestamp() for s in sent.values())
