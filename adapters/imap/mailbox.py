@@ -39,11 +39,15 @@ _NUMBER = re.compile(rb"\d+")
 _LITERAL = re.compile(rb"\{\d+\}$")
 _FETCH_BATCH = 50
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
-#: mails fetched in one UID FETCH and filed with one UID MOVE per folder by the watcher: one round trip each
-#: per batch, not per mail (on a real network that is most of the time a mail takes)
-WATCH_BATCH = 16
+#: mails fetched in one UID FETCH, handed to a batch handler at once and filed with one UID MOVE per folder by
+#: the watcher: one round trip each per batch, not per mail (on a real network that is most of the time a mail
+#: takes), and one store write for a batch of delivery reports (the receipt matcher)
+WATCH_BATCH = 64
+#: … and at most this many bytes in one fetch by the mails' sizes, when asked (`max_mail_bytes`): a larger mail
+#: alone (a batch of sealed messages of several MB each would otherwise be held at once)
+WATCH_BATCH_BYTES = 1 << 20
 #: due mails whose sizes the watcher asks in one command, then handles (in batches) before the next window
-ROUND_WINDOW = 16 * WATCH_BATCH
+ROUND_WINDOW = 256
 
 
 @dataclass(frozen=True)
@@ -440,6 +444,24 @@ def _parse_fetch(lines: list[Any]) -> list[FetchedMail]:
 
 
 Handler = Callable[[FetchedMail], Awaitable[str | None]]
+#: a batch at once: per mail, in order, its folder (None: leave it) or the exception its handling raised; a
+#: shorter answer leaves the rest unhandled (stopping)
+BatchHandler = Callable[[list[FetchedMail]], Awaitable[Sequence["str | None | Exception"]]]
+
+
+def _one_by_one(handle: Handler, stop: asyncio.Event) -> BatchHandler:
+    async def handle_many(mails: list[FetchedMail]) -> list[str | None | Exception]:
+        outcomes: list[str | None | Exception] = []
+        for mail in mails:
+            if stop.is_set():
+                break
+            try:
+                outcomes.append(await handle(mail))
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    return handle_many
 
 
 class _RetryDelays:
@@ -482,12 +504,13 @@ def _has(ascending: Sequence[int], uid: int) -> bool:
     return at < len(ascending) and ascending[at] == uid
 
 
-async def watch_mailbox(settings: MailboxSettings, handle: Handler, stop: asyncio.Event, *,
-                        reconnect_delay: tuple[float, float] = (1.0, 60.0),
+async def watch_mailbox(settings: MailboxSettings, handle: Handler | BatchHandler, stop: asyncio.Event, *,
+                        batched: bool = False, reconnect_delay: tuple[float, float] = (1.0, 60.0),
                         retry_delay: tuple[float, float] | None = None) -> None:
     """Until `stop` is set: connect, hand every message to `handle`, move it to the folder `handle`
     returns (None = leave it where it is, e.g. the handler failed temporarily and will see it again),
-    then wait (IDLE, polling fallback), repeat. Reconnects with backoff on drops, timeouts and server
+    then wait (IDLE, polling fallback), repeat. `batched`: `handle` is a `BatchHandler`, given each fetched
+    batch at once (up to `WATCH_BATCH` mails, `WATCH_BATCH_BYTES`), else it is given one mail at a time. Reconnects with backoff on drops, timeouts and server
     errors; logs each (no content). A message is moved only after `handle` returned (so a crash in
     between means it is seen again: handlers must be idempotent). Never deletes mail.
 
@@ -496,6 +519,7 @@ async def watch_mailbox(settings: MailboxSettings, handle: Handler, stop: asynci
     quote content) and its message left in place, offered again only after a delay of its own
     (`retry_delay`: first, doubling up to most; default `poll_interval`, doubling up to 5 minutes)."""
     first, most = reconnect_delay
+    handle_many: BatchHandler = handle if batched else _one_by_one(handle, stop)  # type: ignore[assignment]
     retries = _RetryDelays(*(retry_delay or (settings.poll_interval, max(settings.poll_interval, 300.0))))
     loop = asyncio.get_running_loop()
     delay = first
@@ -507,7 +531,7 @@ async def watch_mailbox(settings: MailboxSettings, handle: Handler, stop: asynci
             log.info("imap.connected", **where)
             delay = first
             while not stop.is_set():
-                await _one_round(mailbox, handle, stop, retries)
+                await _one_round(mailbox, handle_many, stop, retries)
                 if not stop.is_set():
                     await mailbox.wait_for_change(retries.wait(settings.poll_interval, loop.time()), wake=stop)
         except MailboxError as exc:
@@ -526,7 +550,7 @@ async def watch_mailbox(settings: MailboxSettings, handle: Handler, stop: asynci
     log.info("imap.stopped", **where)
 
 
-async def _one_round(mailbox: Mailbox, handle: Handler, stop: asyncio.Event, retries: _RetryDelays) -> None:
+async def _one_round(mailbox: Mailbox, handle: BatchHandler, stop: asyncio.Event, retries: _RetryDelays) -> None:
     """Every mail due, in UID order, a window at a time: what the round holds while it works is the due
     UIDs packed (``_due``) and one window's sizes and batch, not lists and dicts of Python integers per mail
     waiting. Under the soak's load a backlog of tens of thousands of delivery reports built up, each round
@@ -548,9 +572,10 @@ async def _due(mailbox: Mailbox, retries: _RetryDelays) -> array:
     return array("Q", (uid for uid in uids if retries.due(uid, now)))
 
 
-async def _one_window(mailbox: Mailbox, due: list[int], handle: Handler, stop: asyncio.Event,
+async def _one_window(mailbox: Mailbox, due: list[int], handle: BatchHandler, stop: asyncio.Event,
                       retries: _RetryDelays) -> None:
     limit = mailbox.settings.max_mail_bytes
+    sizes: dict[int, int] = {}
     if limit is not None and due:
         sizes = await mailbox.sizes(due)
         too_large = [uid for uid in due if sizes.get(uid, 0) > limit]
@@ -558,32 +583,55 @@ async def _one_window(mailbox: Mailbox, due: list[int], handle: Handler, stop: a
             await _file_unread(mailbox, too_large, sizes, limit)
             unread = set(too_large)
             due = [uid for uid in due if uid not in unread]
-    for start in range(0, len(due), WATCH_BATCH):
+    for batch in _batches(due, sizes):
         if stop.is_set():
             return
-        await _one_batch(mailbox, due[start:start + WATCH_BATCH], handle, stop, retries)
+        await _one_batch(mailbox, batch, handle, stop, retries)
 
 
-async def _one_batch(mailbox: Mailbox, uids: list[int], handle: Handler, stop: asyncio.Event,
+def _batches(uids: list[int], sizes: dict[int, int]) -> list[list[int]]:
+    """`uids` in order, cut into batches of at most `WATCH_BATCH` mails and `WATCH_BATCH_BYTES` by their known
+    sizes (a mail larger than that alone)."""
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    size = 0
+    for uid in uids:
+        n = sizes.get(uid, 0)
+        if batch and (len(batch) == WATCH_BATCH or size + n > WATCH_BATCH_BYTES):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(uid)
+        size += n
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+async def _one_batch(mailbox: Mailbox, uids: list[int], handle: BatchHandler, stop: asyncio.Event,
                      retries: _RetryDelays) -> None:
-    """Fetch the batch, hand each mail to `handle` in UID order, then file the handled ones, one move per
-    folder. A crash before the moves means the batch is seen again (handlers are idempotent)."""
+    """Fetch the batch, hand it to `handle`, then file the handled mails, one move per folder. A crash before
+    the moves means the batch is seen again (handlers are idempotent)."""
     loop = asyncio.get_running_loop()
+    mails = await mailbox.fetch_many(uids)
+    if not mails or stop.is_set():
+        return
+    try:
+        outcomes = await handle(mails)
+    except Exception as exc:  # the batch handler itself: every mail of the batch failed
+        outcomes = [exc] * len(mails)
+    del mails[len(outcomes):]  # not handled (stopping): left in place
     filed: dict[str, list[int]] = {}
-    for mail in await mailbox.fetch_many(uids):
-        if stop.is_set():
-            break
-        try:
-            folder = await handle(mail)
-        except Exception as exc:
-            log.error("imap.handler_failed", uid=mail.uid, error=type(exc).__name__,
+    for mail, outcome in zip(mails, outcomes):
+        if isinstance(outcome, Exception):
+            log.error("imap.handler_failed", uid=mail.uid, error=type(outcome).__name__,
                       retry_in=retries.failed(mail.uid, loop.time()))
             continue
         retries.forget(mail.uid)
-        if folder is None:
+        if outcome is None:
             log.info("imap.left_in_place", uid=mail.uid)
             continue
-        filed.setdefault(folder, []).append(mail.uid)
+        filed.setdefault(outcome, []).append(mail.uid)
+    del mails, outcomes
     for folder, moved in filed.items():
         await mailbox.move_many(moved, folder)
         for uid in moved:

@@ -153,7 +153,7 @@ class Gateway:
                                           mailbox=cfg.imap.mailbox, poll_interval=cfg.imap.poll_interval,
                                           idle=cfg.imap.idle, max_mail_bytes=largest_mail(cfg.limits.max_message_bytes),
                                           oversized_folder=QUARANTINE_FOLDER)
-                services.append(watch_mailbox(mailbox, mail.handle, self.stop))
+                services.append(watch_mailbox(mailbox, mail.handle_many, self.stop, batched=True))
             if cfg.as2 is not None and cfg.as2.listen is not None:
                 self.as2_server = await self._as2_server(matcher)
             # services that run until cancelled: the audit checkpoints, the retention purge, the dashboard

@@ -14,6 +14,10 @@ Each mail in the own mailbox is sorted by its top-level Content-Type:
   ``nazorg-mdn-…``), which are only noted and filed as processed;
 - anything else → the unrecognised folder.
 
+`handle_many` takes the watcher's batch: each run of consecutive DSNs goes to
+the matcher at once (`ReceiptMatcher.file_dsns`: one store write for all),
+the rest one by one, in UID order; each mail's DSN is parsed once.
+
 The receipt mail (`compose_receipt`) is small and carries no personal data:
 From the own address, To the Disposition-Notification-To, Subject
 ``nazorg ontvangstbevestiging <message id>``, ``Auto-Submitted: auto-replied``
@@ -38,14 +42,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from email.utils import format_datetime, getaddresses
 
 import structlog
 
 from adapters.imap import FetchedMail
-from adapters.smtp import ComposedMail, DsnError, SmtpFailure, SmtpSender, TemporaryFailure, parse_dsn
+from adapters.smtp import ComposedMail, Dsn, DsnError, SmtpFailure, SmtpSender, TemporaryFailure, parse_dsn
 from adapters.smtp.compose import CRLF, check_address, check_domain, split_entity
 from gateway.crypto.errors import MalformedMessage
 from gateway.crypto.open import ENCRYPTED_SMIME_TYPES, PKCS7_MIME, content_type
@@ -111,6 +115,45 @@ class MailIntake:
 
     async def handle(self, mail: FetchedMail) -> str | None:
         """The folder the mail goes to (None: leave it, it is offered again)."""
+        [outcome] = await self.handle_many([mail])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def handle_many(self, mails: list[FetchedMail]) -> list[str | None | Exception]:
+        """Per mail, in order: its folder (None: leave it, it is offered again) or the exception its handling raised
+        (`watch_mailbox`'s batch handler)."""
+        outcomes: list[str | None | Exception] = []
+        reports: list[tuple[int, FetchedMail, Dsn]] = []
+
+        async def file_reports() -> None:
+            if not reports:
+                return
+            try:
+                folders: list[str | None | Exception] = [*await self.matcher.file_dsns([(m, d) for _, m, d in reports])]
+            except Exception as exc:
+                folders = [exc] * len(reports)
+            for (i, _, _), folder in zip(reports, folders):
+                outcomes[i] = folder
+            reports.clear()
+
+        for mail in mails:
+            outcomes.append(None)
+            try:
+                sorted_as = self._sort(mail)
+                if isinstance(sorted_as, Dsn):
+                    reports.append((len(outcomes) - 1, mail, sorted_as))
+                    continue
+                await file_reports()  # in UID order: the reports before this mail first
+                outcomes[-1] = sorted_as if isinstance(sorted_as, str) else await sorted_as()
+            except Exception as exc:
+                outcomes[-1] = exc
+        await file_reports()
+        return outcomes
+
+    def _sort(self, mail: FetchedMail) -> str | Dsn | Callable[[], Awaitable[str | None]]:
+        """Its folder when known at once, the DSN it carries (filed with the others of the batch), or how to
+        handle it."""
         try:
             headers, _ = split_mime(mail.data, "the mail")
         except MalformedMessage as e:
@@ -118,20 +161,24 @@ class MailIntake:
             return self.unrecognised
         mtype, params = content_type(headers.get("content-type"))
         if mtype in PKCS7_MIME and params.get("smime-type", "enveloped-data").lower() in ENCRYPTED_SMIME_TYPES:
-            return await self._sealed(mail, headers)
-        if mtype in ("multipart/report", "multipart/signed"):
-            if mtype == "multipart/report" and self._our_receipts_report(mail):
+            return lambda: self._sealed(mail, headers)
+        if mtype == "multipart/report":
+            try:
+                dsn = parse_dsn(mail.data)
+            except DsnError as e:
+                return self.matcher.broken_report(mail, e)
+            if dsn is None:  # an MDN
+                return lambda: self.matcher.file_mdn(mail)
+            if self._our_receipts_report(dsn):
                 return self.processed
-            return await self.matcher.handle(mail)
+            return dsn
+        if mtype == "multipart/signed":
+            return lambda: self.matcher.handle(mail)
         log.info("mail-unrecognised", uid=mail.uid, content_type=mtype[:60])
         return self.unrecognised
 
-    def _our_receipts_report(self, mail: FetchedMail) -> bool:
-        try:
-            dsn = parse_dsn(mail.data)
-        except DsnError:
-            return False
-        if dsn is None or not (dsn.envid or "").startswith(RECEIPT_ENVID_PREFIX):
+    def _our_receipts_report(self, dsn: Dsn) -> bool:
+        if not (dsn.envid or "").startswith(RECEIPT_ENVID_PREFIX):
             return False
         for r in dsn.recipients:
             (log.info if r.action in ("delivered", "relayed") else log.warning)(

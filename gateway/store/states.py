@@ -150,6 +150,28 @@ class NewReceipt:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptFiling:
+    """A receipt to keep and, when ``to`` is given, the transition it proves (``Store.file_receipts``)."""
+    message_id: str
+    receipt: NewReceipt
+    to: State | None = None
+    expect: tuple[State, ...] = ()  #: the states the transition may leave (compare-and-set)
+    reason: str | None = None
+    remote_reply: str | None = None
+    clear_spool: bool = False  #: proven delivery: the plaintext copy's path is cleared (``Filed.spool_path``)
+
+
+@dataclass(frozen=True, slots=True)
+class Filed:
+    """What became of one ``ReceiptFiling``: ``moved`` (transition written), ``already`` (the message was in
+    ``to`` already), ``stale`` (it was in another state: ``state``), ``kept`` (no transition asked) or
+    ``unknown`` (no such message: nothing written)."""
+    outcome: str
+    state: State | None = None  #: the message's state before
+    spool_path: str | None = None  #: the plaintext copy whose path ``clear_spool`` cleared (the caller removes it)
+
+
+@dataclass(frozen=True, slots=True)
 class Receipt:
     message_id: str
     at: datetime

@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from adapters.imap import FetchedMail, Mailbox, MailboxError, MailboxSettings, watch_mailbox
-from adapters.imap.mailbox import WATCH_BATCH
+from adapters.imap.mailbox import WATCH_BATCH, WATCH_BATCH_BYTES
 from mailservers import MailServers, free_port
 
 DOMAIN = "pi-vught.example.nl"
@@ -332,6 +332,62 @@ async def test_a_batch_is_handled_then_filed_together(plain_servers, box):
     moved = [e["uid"] for e in logs if e["event"] == "imap.moved"]
     assert sorted(moved) == sorted(order)
     assert moved_before[:WATCH_BATCH] == [0] * WATCH_BATCH and moved_before[WATCH_BATCH] == WATCH_BATCH
+
+
+async def test_a_batch_handler_gets_each_fetched_batch_at_once(servers, box):
+    """`batched=True`: the handler is given each fetched batch whole (the receipt matcher files a batch of delivery
+    reports with one store write) and answers per mail: a folder (moved, one move per folder), None (left in
+    place) or the exception its handling raised (left, offered again after its own delay); a batch handler that
+    raises fails the whole batch the same way."""
+    subjects = [f"m{i:02d}" for i in range(WATCH_BATCH + 3)]
+    deliver(servers, box, *subjects)
+    batches: list[list[int]] = []
+
+    async def handle_many(mails: list[FetchedMail]) -> list[str | None | Exception]:
+        batches.append([m.uid for m in mails])
+        if len(batches) == 1:
+            raise RuntimeError("the whole batch failed")
+        if len(batches) == 2:  # offered again at once: nothing else is due
+            return [ValueError("this one") if i == 0 else None if i == 1 else "Done" for i, _ in enumerate(mails)]
+        return ["Done" for _ in mails]
+
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        watcher = asyncio.create_task(watch_mailbox(settings(servers, box), handle_many, stop, batched=True,
+                                                    retry_delay=(0.5, 0.5)))
+        await _until(lambda: len(servers.messages(box, "Done")) == len(subjects))
+        stop.set()
+        await asyncio.wait_for(watcher, 3)
+    first = batches[0]
+    assert len(first) == WATCH_BATCH and first == sorted(first), "one fetch, one call, in UID order"
+    assert batches[1] == [first[-1] + 1, first[-1] + 2, first[-1] + 3], "the rest of the round, then the failed ones"
+    failed = [e for e in logs if e["event"] == "imap.handler_failed"]
+    assert {e["error"] for e in failed} == {"RuntimeError", "ValueError"} and len(failed) >= WATCH_BATCH + 1
+    assert [e["uid"] for e in logs if e["event"] == "imap.left_in_place"][:1] == [first[-1] + 2]
+    assert servers.messages(box) == []
+
+
+async def test_a_batch_is_bounded_by_the_sizes_of_its_mails(servers, box):
+    """With the sizes asked (`max_mail_bytes`), one fetch holds at most `WATCH_BATCH_BYTES` (a mail larger than that
+    alone): a batch of sealed messages of several MB each would otherwise be held in memory at once."""
+    big = WATCH_BATCH_BYTES // 3 + 1000  # two fit in a batch, three do not
+    for i in range(5):
+        servers.deliver(SENDER, box, mail(f"big-{i}", box).replace(b"body", (b"x" * 98 + b"\r\n") * (big // 100)
+                                                                   + b"body"))
+    servers.wait_for_messages(box, 5)
+    sizes: list[list[int]] = []
+
+    async def handle_many(mails: list[FetchedMail]) -> list[str]:
+        sizes.append([len(m.data) for m in mails])
+        return ["Done" for _ in mails]
+
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_mailbox(settings(servers, box, max_mail_bytes=10 << 20), handle_many, stop,
+                                                batched=True))
+    await _until(lambda: len(servers.messages(box, "Done")) == 5)
+    stop.set()
+    await asyncio.wait_for(watcher, 3)
+    assert [len(b) for b in sizes] == [2, 2, 1] and all(sum(b) <= WATCH_BATCH_BYTES for b in sizes), sizes
 
 
 async def test_watcher_survives_a_server_restart(servers, box):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
-from datetime import datetime, timezone
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import structlog
@@ -20,6 +22,7 @@ from gateway.crypto.receipts import Disposition, ReceiptVerdict, build_mdn, chec
 from gateway.crypto.trust import PartyBinding
 from gateway.pipeline.mail_intake import MailIntake, compose_receipt
 from gateway.pipeline.receipt_matcher import ReceiptMatcher
+from gateway.store import Filed, NewMessage, NewReceipt, ReceiptFiling, State
 from mailservers import MailServers
 from test_pipeline_intake import (GEMEENTE, PI, identity, make_intake, municipality, pi_trust,  # noqa: F401
                                   rstore, sealed_mail)  # municipality, pi_trust, rstore: fixtures
@@ -193,3 +196,108 @@ async def test_without_a_relay_or_a_message_id_the_message_is_still_received(set
     assert "receipt-sent" not in {e["event"] for e in logs}
     row = await rstore.find_inbound(mid2)
     assert (row.outcome, row.transport_message_id, row.receipt) == ("accepted", None, None)
+
+
+async def outbound(store, state: State, spool: Path) -> str:
+    """A message of 0599's own, sealed and taken to `state` (sent and beyond: a plaintext copy in `spool`)."""
+    mid = str(uuid.uuid4())
+    (spool / f"{mid}.xml").write_bytes(b"<x/>")
+    await store.accept(NewMessage(message_id=mid, type="meldingsbericht", version="1.0", sender="gemeente:0599",
+                                  recipient="pi:PI-VUGHT", dossier="D-1", replies_to=None, supersedes=None, priority=0,
+                                  created_at=datetime.now(timezone.utc), file_name=f"{mid}.xml", size=4,
+                                  sha256=hashlib.sha256(mid.encode()).hexdigest(), spool_path=str(spool / f"{mid}.xml")))
+    await store.save_sealed(mid, b"sealed", "bWlj", transport="email", address=PI, profile="compatible")
+    path = {State.QUEUED: [], State.SENDING: [State.SENDING], State.SENT: [State.SENDING, State.SENT],
+            State.DELIVERED: [State.SENDING, State.SENT, State.DELIVERED],
+            State.FAILED: [State.SENDING, State.FAILED]}[state]
+    for step in path:
+        extra = {"lease_owner": "w", "lease_until": datetime.now(timezone.utc) + timedelta(minutes=5)} \
+            if step is State.SENDING else {}
+        await store.transition(mid, step, reason="test", actor="test", **extra)
+    return mid
+
+
+def dsn_mail(uid: int, envid: str, action: str = "delivered") -> FetchedMail:
+    """A DSN as Postfix writes one (multipart/report, delivery-status), for `envid`."""
+    status = {"delivered": "2.0.0", "failed": "5.1.1", "delayed": "4.4.1"}[action]
+    return FetchedMail(uid, (
+        f"From: MAILER-DAEMON@relay\r\nTo: {GEMEENTE}\r\nMessage-ID: <dsn-{uid}@relay>\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n"
+        f"--b\r\nContent-Type: text/plain\r\n\r\n{action}\r\n"
+        f"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; relay\r\n"
+        f"Original-Envelope-Id: {envid}\r\n\r\nFinal-Recipient: rfc822; {PI}\r\n"
+        f"Action: {action}\r\nStatus: {status}\r\n--b--\r\n").encode())
+
+
+async def test_a_batch_of_delivery_reports_is_filed_with_one_store_write(mail_intake, rstore, tmp_path):
+    """The watcher's batch (`handle_many`): each run of consecutive DSNs is one read and one write transaction of
+    the store (filed one by one they were two writes each, each waiting for its group commit: 4-12 reports filed a
+    second while the daemon sent 35), with the guarantees of one by one: a report that overtook `sent` stays in
+    the mailbox, an unmatched one is unrecognised, a second report of a message changes nothing, a report the
+    message has moved past keeps its receipt and moves nothing (also a failure after `delivered`, an edge the store
+does not have: one by one it raised, and the mail was offered again forever); in UID order (a mail of another kind between two
+    runs is handled between them)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    sent = [await outbound(rstore, State.SENT, spool) for _ in range(5)]
+    early = await outbound(rstore, State.SENDING, spool)
+    was_failed = await outbound(rstore, State.FAILED, spool)
+    was_delivered = await outbound(rstore, State.DELIVERED, spool)
+    plain = FetchedMail(30, b"From: <x@example.org>\r\nSubject: hallo\r\nContent-Type: text/plain\r\n\r\nhallo\r\n")
+    mails = [dsn_mail(10, sent[0]), dsn_mail(11, sent[1]), dsn_mail(12, sent[0]), dsn_mail(13, early),
+             dsn_mail(14, str(uuid.uuid4())), dsn_mail(15, was_failed), dsn_mail(16, was_delivered, "failed"),
+             plain, dsn_mail(31, sent[2], "failed"), dsn_mail(32, sent[3], "delayed"), dsn_mail(33, sent[4])]
+    writes = []
+    write = rstore._run.write
+
+    async def counted(fn, *args):
+        writes.append(fn)
+        return await write(fn, *args)
+
+    rstore._run.write = counted
+    try:
+        outcomes = await mail_intake.handle_many(mails)
+    finally:
+        del rstore._run.write
+    assert outcomes == [DONE, DONE, DONE, None, UNKNOWN, DONE, DONE, UNKNOWN, DONE, DONE, DONE]
+    assert len(writes) == 2, "one write per run of reports"
+    state = {mid: r.state for mid, r in (await rstore.records_of([*sent, early, was_failed, was_delivered])).items()}
+    assert [state[mid] for mid in sent] == [State.DELIVERED, State.DELIVERED, State.FAILED, State.SENT,
+                                            State.DELIVERED]
+    assert (state[early], state[was_failed], state[was_delivered]) == (State.SENDING, State.FAILED, State.DELIVERED)
+    # delivery proven: the plaintext copy is gone, its path cleared; not where nothing was proven
+    assert sorted(p.name for p in spool.iterdir()) == sorted(f"{m}.xml" for m in (sent[2], sent[3], early, was_failed,
+                                                                                   was_delivered))
+    assert (await rstore.get(sent[0])).spool_path is None and (await rstore.get(sent[3])).spool_path
+    assert [r.verdict for r in await rstore.receipts(sent[0])] == ["delivered", "delivered"]
+    assert [t.to_state for t in await rstore.timeline(sent[0])][-1:] == [State.DELIVERED]
+    assert sum(t.to_state is State.DELIVERED for t in await rstore.timeline(sent[0])) == 1
+    assert [r.verdict for r in await rstore.receipts(was_failed)] == ["delivered"]  # kept, moved nothing
+    assert [r.verdict for r in await rstore.receipts(was_delivered)] == ["failed"]
+    assert await rstore.receipts(early) == [] and [r.verdict for r in await rstore.receipts(sent[3])] == ["delayed"]
+    assert await rstore.file_receipts([ReceiptFiling("no-such-id", NewReceipt("dsn", "delivered", "2.0.0"),
+                                                     State.DELIVERED, (State.SENT,))]) == [Filed("unknown")]
+
+
+async def test_looking_up_batches_of_any_length_keeps_the_reader_connections_small(tmp_path):
+    """The matcher looks up a batch's messages in one IN list as long as the batch (1 to 64 reports). SQLite
+    prepares, and the driver keeps (128 per connection), one statement per text: unpadded, the 64 lengths grew
+    SQLite's memory by 1.7 MB (on the store's two reader connections, 3.4 MB in time); padded to a power of two,
+    7 texts: 0.4 MB."""
+    import ctypes
+
+    from gateway.store import Store
+
+    sqlite = ctypes.CDLL("libsqlite3.so.0")  # the library the sqlite3 module links
+    sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
+    try:
+        ids = [await outbound(store, State.SENT, tmp_path) for _ in range(3)] + [str(uuid.uuid4()) for _ in range(61)]
+        await store.records_of(ids[:1])
+        before = sqlite.sqlite3_memory_used()
+        for n in range(1, 65):
+            assert set(await store.records_of(ids[:n])) == set(ids[:min(n, 3)])
+        grown = sqlite.sqlite3_memory_used() - before
+    finally:
+        await store.close()
+    assert grown < 1_000_000, f"SQLite's memory grew {grown} bytes over 64 lengths of IN list"

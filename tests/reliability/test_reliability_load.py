@@ -43,25 +43,26 @@ walk). No container grew per message but two, and one read filled a page cache:
 (the cache, the watch's last round and, through a generator's cell, the round before) with a tuple per
 dossier: ~0.25 KiB per alerting dossier. Now the one mapping each computation replaces, its tuples shared
 (``deadlines._ALERT_PAIRS``): ~0.1 KiB, most of it the reference.
-(2) the mail watcher: under this load the DSNs come back faster than the daemon files them (~35 messages
-sent a second, 4-9 reports filed: 8,979 of 51,000 by the end), so each round of ``watch_mailbox`` lists a
-bigger backlog than the last, and works through it for longer (minutes). A round held lists and
-a dict of integers per waiting mail (~0.13 KiB each, ~3.5 MB at 28,000) and its listing peaked at ~4.4 MB;
-now a packed array (~0.2 MB). Soak with (1) and (2): 118,924, 123,528, 121,302: the first half 1.7 MB
-lower, but still a step of ~3 MB at ~34,000 messages, then samples swinging by up to 4 MB.
-(3) the step is not Python's heap ([heap] flat) but glibc's second arena (the store's threads): the
-overdue-receipt watch's read (``sent_without_receipt``, every minute) goes through every message still
-`sent`, here the DSN backlog (42,000 at the end), and filled the reader connection's SQLite page cache to
-its 2 MB (2,049 KiB measured on the soak's store), each reader in turn, freed only to be trimmed later. A
-second soak with (1) and (2): 119,076, 123,664, 121,457 (second half 118.3-123.7 MB). Reader connections
-now keep a 512 KiB cache (``engine.READER_CACHE_KIB``; that read, the full deadline round and the figures
-took as long). Soak with (1)-(3): 118,048, 121,784, 120,408: refused by 1.4 MB. The swings are gone (the
-second half 120.0-121.8 MB, +0.06 KiB per message after the step), the step is not: +2.5 MB between
-33,500 and 34,600 messages, as in every soak, there with 7,300-7,400 DSNs filed each time (the moment the
-mail watcher's round over the ~7,300 it listed ends and the next lists ~27,000: suspected, not proven).
-Both arenas' tops rose ~2.5 MB at once ([heap] 27.4 -> 29.7 MB mapped, +0.5 resident; the second arena
-5.2 -> 7.7 MB, +0.4) and other anonymous mappings (pymalloc's arenas) +1.9 MB: a burst of allocation, not
-yet traced. The margins stay as they are.
+(2) the mail watcher: under this load the DSNs came back faster than the daemon filed them (~35 messages
+sent a second, 4-12 reports filed), so each round of ``watch_mailbox`` listed a bigger backlog (8,979 of
+51,000 filed by the end). A round's lists and dict per waiting mail (~3.5 MB at 28,000) are a packed array
+now (~0.2 MB). Soak with (1) and (2): 118,924, 123,528, 121,302.
+(3) the overdue-receipt watch's read (``sent_without_receipt``, every minute) went through every message
+still `sent` (the DSN backlog) and filled each reader connection's SQLite page cache to its 2 MB. Readers now
+keep 512 KiB (``engine.READER_CACHE_KIB``). Soak with (1)-(3): 118,048, 121,784, 120,408: refused; a step of
++2.5 MB between 33,500 and 34,600 messages, as in every soak.
+(4) the DSN backlog itself (2026-11-30): filed one by one, a report cost a store read and two writes, each
+write waiting for its group commit behind the dispatcher's. A batch of up to 64 (one UID FETCH) is now filed
+with one read and one write (``ReceiptMatcher.file_dsns``, ``Store.file_receipts``), the IN list of its
+look-up padded to a power of two (unpadded, its 64 lengths grew SQLite's memory by 1.7 MB).
+``bench/receipts.py`` (this load, 4,000 messages): before, 12.0 reports filed a second while 32.8 messages
+were sent (1,462 of 4,000 filed when the last was sent); after, every report filed while sending (26-35 a
+second, as fast as the daemon sent). Soak with (1)-(4): 122,424, 128,752, 124,872: refused. No backlog
+any more (delivered within a few hundred of sent all along), yet the step is there: +4.5 MB between 29,000
+and 30,000 messages, flat after it (125.4-128.8 MB). So it is not the mail watcher's listing. In this soak
+and the ones before it came ~16 minutes after the start (34,000 messages at ~35 a second then, 29,700 at
+~31 now): something timed, not something per message; not yet traced (heaptrack attached at ~15 minutes
+is the next step).
 
 1,000 messages in the normal suite; 50,000 with `--soak` (by hand: 20-30 minutes on two cores)."""
 
