@@ -57,12 +57,15 @@ with one read and one write (``ReceiptMatcher.file_dsns``, ``Store.file_receipts
 look-up padded to a power of two (unpadded, its 64 lengths grew SQLite's memory by 1.7 MB).
 ``bench/receipts.py`` (this load, 4,000 messages): before, 12.0 reports filed a second while 32.8 messages
 were sent (1,462 of 4,000 filed when the last was sent); after, every report filed while sending (26-35 a
-second, as fast as the daemon sent). Soak with (1)-(4): 122,424, 128,752, 124,872: refused. No backlog
-any more (delivered within a few hundred of sent all along), yet the step is there: +4.5 MB between 29,000
-and 30,000 messages, flat after it (125.4-128.8 MB). So it is not the mail watcher's listing. In this soak
-and the ones before it came ~16 minutes after the start (34,000 messages at ~35 a second then, 29,700 at
-~31 now): something timed, not something per message; not yet traced (heaptrack attached at ~15 minutes
-is the next step).
+second, as fast as the daemon sent; 34,000 messages on a quieter machine: 43.0 sent, 42.7 filed a second).
+Soak with (1)-(4): 122,424, 128,752, 124,872: refused. No backlog any more (delivered within a few hundred of
+sent all along), yet the step is there: +4.5 MB between 29,000 and 30,000 messages, flat after it (125.4-128.8
+MB). So it is not the mail watcher's listing. Not a timer either: in runs of ``bench/receipts.py`` (40,000 and
+34,000 messages, smaps every 10 s) it came at 29,500 delivered (16 minutes in) and at 28,000 (10.5 minutes in,
+the machine less loaded): pymalloc's and the second arena's anonymous mappings +2.4 MB at once, [heap] +1.8
+MB. It comes at a count of messages, later (34,000) when fewer were delivered, as if it were the store's size
+(rows, pages) that triggers it. Not yet traced: run the daemon under heaptrack (malloc) and tracemalloc
+snapshots (pymalloc) across 26,000-31,000 messages.
 
 1,000 messages in the normal suite; 50,000 with `--soak` (by hand: 20-30 minutes on two cores)."""
 
