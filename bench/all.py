@@ -37,6 +37,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("pipeline", ["bench/pipeline.py"], ["bench/pipeline.py", "-n", "500", "--latency-seconds", "5"]),
     ("intake", ["bench/intake.py"], ["bench/intake.py", "-n", "100"]),
     ("backlog", ["bench/backlog.py"], ["bench/backlog.py", "-n", "500"]),
+    ("receipts", ["bench/receipts.py"], ["bench/receipts.py", "-n", "2000"]),
     ("exchange", ["bench/exchange.py"], ["bench/exchange.py", "-n", "100", "--latency-seconds", "10", "--rounds", "3"]),
     ("startup", ["bench/startup.py"], ["bench/startup.py", "--messages", "20000", "--files", "500"]),
 ]

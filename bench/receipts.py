@@ -97,6 +97,10 @@ async def main() -> int:
         "filed_per_s_overall": round(d / (t_drained - t0), 1),
         "samples": [(round(t - t0, 1), s, dl) for t, s, dl in samples],
     }
+    # the baseline is the send rate of the same run: filing keeps up when the ratio is ~1 (no goal in an issue)
+    result["figures"] = [{"name": "DSNs filed while sending", "unit": "DSN/s", "value": result["filed_per_s_while_sending"],
+                          "baseline_name": "messages sent, same run", "baseline": result["sent_per_s"],
+                          "ratio": round(delivered_sent / through_sent, 3) if through_sent else None, "goal": None}]
     print(f"{args.n} messages: sent {result['sent_per_s']}/s over {sending:.0f} s; DSNs filed while sending "
           f"{delivered_sent} ({result['filed_per_s_while_sending']}/s); the rest drained in "
           f"{result['drain_s']} s; {d} delivered in all ({result['filed_per_s_overall']}/s overall)")
