@@ -11,7 +11,10 @@
 - Unsigned MDN (a mail client's read receipt): recorded, proves nothing.
 Every mail is then moved to the processed or unrecognised folder (never
 deleted). Handling is idempotent: a mail seen twice (after a crash between
-handling and moving) changes no state the second time.
+handling and moving) changes no state the second time, and adds no second receipt:
+each receipt names its carrier (`carrier`: the mail's Message-ID), unique per
+message and kind in the store. Not its text: two "delayed" reports with the same
+words, sent hours apart, are two events.
 
 DSNs come back as fast as the daemon sends (one per message), so a window of
 them is filed together (`file_dsns`): one read for their messages, one write
@@ -24,6 +27,8 @@ at 4-12 a second while the daemon sent 35: a backlog of tens of thousands.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +39,7 @@ from adapters.imap import FetchedMail
 from adapters.outbox_fs import remove_plaintext
 from adapters.smtp import Dsn, DsnError, parse_dsn
 from gateway.crypto.errors import CryptoError, MalformedMessage
+from gateway.crypto.open import split_entity
 from gateway.crypto.receipts import ReceiptVerdict, check_receipt, parse_mdn
 from gateway.crypto.trust import PartyBinding, TrustStore
 from gateway.store import MessageRecord, NewReceipt, ReceiptFiling, StaleState, State, Store
@@ -42,6 +48,18 @@ log = structlog.get_logger(__name__)
 
 #: a receipt for a message in one of these states overtook the dispatcher's commit of `sent`
 _NOT_YET_SENT = (State.QUEUED, State.SENDING, State.RETRY_WAIT)
+_MSGID = re.compile(r"<[^<>\s]{1,994}>")
+
+
+def carrier(data: bytes) -> str:
+    """Who carried a receipt (``NewReceipt.source``): the mail's Message-ID, else "sha256:" and the digest of its
+    bytes; either is the same when the mail is read again."""
+    try:
+        headers, _ = split_entity(data, "the mail")
+    except MalformedMessage:
+        headers = {}
+    found = _MSGID.search(headers.get("message-id", ""))
+    return found.group(0) if found else "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _raced(record: MessageRecord) -> None:
@@ -102,9 +120,11 @@ class ReceiptMatcher:
                 folders.append(_raced(record))
                 continue
             folders.append(self.processed)
-            for r in dsn.recipients:
+            source = carrier(mail.data)
+            for n, r in enumerate(dsn.recipients):
                 detail = " ".join(x for x in (r.status, r.diagnostic) if x) or r.action
-                receipt = NewReceipt("dsn", r.action, detail[:500])
+                # a report on several recipients of the message: one receipt each, told apart by their place
+                receipt = NewReceipt("dsn", r.action, detail[:500], source if n == 0 else f"{source} #{n + 1}")
                 if r.action == "delivered":
                     filing = ReceiptFiling(record.message_id, receipt, State.DELIVERED, (State.SENT,),
                                            f"delivered to the recipient's mailbox ({r.status or 'no status'}, "
@@ -155,19 +175,24 @@ class ReceiptMatcher:
             return self.unrecognised
         if record.state in _NOT_YET_SENT:
             return _raced(record)
+        source = carrier(mail.data)
         if receipt.signer is None:
             await self.store.add_receipt(record.message_id, kind="unsigned-mdn", verdict=receipt.disposition,
-                                         detail="an unsigned receipt (read receipt of a mail client): proves nothing")
+                                         detail="an unsigned receipt (read receipt of a mail client): proves nothing",
+                                         source=source)
             log.info("unsigned-mdn", message_id=record.message_id, disposition=receipt.disposition)
             return self.processed
         bound = PartyBinding(email=record.address).mismatches(receipt.signer) if record.address else []
         if bound:
             await self.store.add_receipt(record.message_id, kind="mdn", verdict="wrong-signer",
-                                         detail="the receipt is signed by a certificate of another party")
+                                         detail="the receipt is signed by a certificate of another party",
+                                         source=source)
             log.error("receipt-wrong-signer", message_id=record.message_id, recipient=record.recipient, alert=True)
             return self.processed
         check = check_receipt(receipt, message_id=receipt.original_message_id, sealed_mic=record.mic)
-        await self.store.add_receipt(record.message_id, kind="mdn", verdict=check.verdict.value, detail=check.reason)
+        kept = await self.store.add_receipt(record.message_id, kind="mdn", verdict=check.verdict.value,
+                                            detail=check.reason, source=source)
+        # a mail read again (a crash before its move): the transitions below are idempotent, the audit row is not
         if check.ok:
             await self._move(record, State.ACKNOWLEDGED, [State.SENT, State.DELIVERED],
                              "signed receipt: processed, MIC matches", None)
@@ -176,8 +201,9 @@ class ReceiptMatcher:
         else:
             log.error("receipt-integrity", message_id=record.message_id, verdict=check.verdict.value,
                       reason=check.reason, alert=True)
-            await self.store.audit(action="receipt-check", object=record.message_id, result=check.verdict.value,
-                                   origin="imap", actor="receipt-matcher")
+            if kept:
+                await self.store.audit(action="receipt-check", object=record.message_id,
+                                       result=check.verdict.value, origin="imap", actor="receipt-matcher")
         return self.processed
 
     # -- helpers ----------------------------------------------------------------------------------

@@ -450,6 +450,40 @@ def _v9_destination_breakers(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _v10_receipt_source(conn: Connection) -> None:
+    """Receipts name their carrier (the receipt mail's Message-ID), unique per message and kind: a mail read
+    again after a crash between filing and its IMAP move is not filed twice. Old rows keep NULL (distinct).
+
+    On SQLite, ALTER TABLE ... ADD would leave DDL text other than a fresh database's: the table is renamed
+    aside, created anew, filled (before its counting trigger exists: the counters count these rows already)."""
+    md = MetaData()
+    new = Table(
+        "receipts", md,
+        Column("id", Integer, primary_key=True),
+        Column("message_id", String, ForeignKey("messages.message_id"), nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("kind", String, nullable=False),
+        Column("verdict", String, nullable=False),
+        Column("detail", Text, nullable=False),
+        Column("source", String),
+        Index("ix_receipts_message", "message_id"),
+        Index("uq_receipts_source", "message_id", "kind", "source", unique=True),
+    )
+    Table("messages", md, Column("message_id", String, primary_key=True))  # for the foreign key only
+    if conn.dialect.name != "sqlite":
+        conn.exec_driver_sql("ALTER TABLE receipts ADD COLUMN source VARCHAR")
+        conn.exec_driver_sql("CREATE UNIQUE INDEX uq_receipts_source ON receipts (message_id, kind, source)")
+        return
+    conn.exec_driver_sql("DROP TRIGGER tr_receipts_counts")
+    conn.exec_driver_sql("DROP INDEX ix_receipts_message")
+    conn.exec_driver_sql("ALTER TABLE receipts RENAME TO receipts_v9")
+    new.create(conn)
+    conn.exec_driver_sql("INSERT INTO receipts (id, message_id, at, kind, verdict, detail) "
+                         "SELECT id, message_id, at, kind, verdict, detail FROM receipts_v9 ORDER BY id")
+    conn.exec_driver_sql("DROP TABLE receipts_v9")
+    conn.exec_driver_sql(next(t for t in _V6_TRIGGERS if "tr_receipts_counts" in t))  # as migration 6 made it
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial schema: messages, pickups, sealed, transitions, audit, receipts", _v1_initial),
     Migration(2, "inbound: the memory of received messages and their receipts", _v2_inbound),
@@ -463,6 +497,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "messages and arrivals by dossier (the deadline watch's recomputation)", _v8_dossier_indexes),
     Migration(9, "destination_breakers: the dispatcher's circuit breakers, for status, dashboard and metrics",
               _v9_destination_breakers),
+    Migration(10, "receipts.source: a receipt mail read again is not filed twice", _v10_receipt_source),
 )
 
 

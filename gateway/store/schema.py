@@ -199,7 +199,12 @@ receipts = Table(
     Column("kind", String, nullable=False),  # dsn | mdn | unsigned-mdn
     Column("verdict", String, nullable=False),
     Column("detail", Text, nullable=False),
+    # the carrier: the receipt mail's Message-ID (or "sha256:" + digest of its bytes). A mail read again after
+    # a crash before its IMAP move adds nothing; two reports with the same text (two "delayed") are two rows.
+    # NULL (no carrier to recognise, old rows) never conflicts (store migration 10)
+    Column("source", String),
     Index("ix_receipts_message", "message_id"),
+    Index("uq_receipts_source", "message_id", "kind", "source", unique=True),
 )
 
 # The memory of what arrived (the receiving side): one row per message id, with the receipt it was given,

@@ -147,6 +147,9 @@ class NewReceipt:
     kind: str  #: dsn | mdn | unsigned-mdn
     verdict: str
     detail: str
+    #: its carrier (the receipt mail's Message-ID): a second receipt of a message and kind from the same carrier
+    #: is not kept (the mail read again); None: always kept
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,7 @@ class Receipt:
     kind: str
     verdict: str
     detail: str
+    source: str | None
 
 
 #: what became of a message that arrived (``inbound.outcome``)

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import structlog
 from sqlalchemy import (Connection, Engine, Row, Select, and_, bindparam, delete, func, insert, null, or_, select,
                         text, update)
+from sqlalchemy.dialects import postgresql as pg_dialect, sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 
 from .chain import GENESIS, row_hash
@@ -90,7 +91,10 @@ _LAST_AUDIT = select(audit.c.id, audit.c.hash).order_by(audit.c.id.desc()).limit
 _AUDIT_HEAD_SQLITE = DriverStatement(text("SELECT (SELECT id FROM audit ORDER BY id DESC LIMIT 1), "
                                          "(SELECT hash FROM audit ORDER BY id DESC LIMIT 1), "
                                          "(SELECT seq FROM sqlite_sequence WHERE name = 'audit')"))
-_INSERT_RECEIPT = insert(receipts)
+# a receipt whose carrier was filed already (its mail read again) is not kept: no row, no audit row, no count
+_INSERT_RECEIPT = {name: d.insert(receipts).on_conflict_do_nothing(
+    index_elements=[receipts.c.message_id, receipts.c.kind, receipts.c.source])
+    for name, d in (("sqlite", sqlite_dialect), ("postgresql", pg_dialect))}
 _INSERT_SEALED = DriverStatement(insert(sealed))
 _DELETE_SEALED = DriverStatement(delete(sealed).where(sealed.c.message_id == bindparam("_mid")))
 _LOCK_ONE = DriverStatement(select(m.state, m.lease_owner, m.attempts).where(m.message_id == bindparam("_mid"))
@@ -900,24 +904,27 @@ class Store:
 
     # -- receipts and audit
 
-    async def add_receipt(self, message_id: str, *, kind: str, verdict: str, detail: str,
-                          actor: str = "receipts") -> None:
-        """Keep a receipt (no state change: use ``transition(..., receipt=...)`` to do both at once)."""
+    async def add_receipt(self, message_id: str, *, kind: str, verdict: str, detail: str, source: str | None = None,
+                          actor: str = "receipts") -> bool:
+        """Keep a receipt (no state change: use ``transition(..., receipt=...)`` to do both at once). False: one of
+        this message and kind from ``source`` was kept already, nothing written."""
         _check_receipt_kind(kind)
         now = self._now()
 
-        def tx(conn: Connection) -> None:
+        def tx(conn: Connection) -> bool:
             if conn.execute(_EXISTS, {"_mid": message_id}).first() is None:
                 raise UnknownMessage(message_id)
-            self._add_receipt(conn, now, message_id, NewReceipt(kind, verdict, detail), actor)
+            return self._add_receipt(conn, now, message_id, NewReceipt(kind, verdict, detail, source), actor)
 
-        await self._run.write(tx)
+        return await self._run.write(tx)
 
     async def file_receipts(self, filings: Sequence[ReceiptFiling], *, actor: str = "receipt-matcher") -> list[Filed]:
         """Many receipts, each with the transition it proves, in one write transaction (one commit for a window of
         delivery reports, not two per report). Each receipt is kept whether or not its transition applies
-        (``Filed.outcome``); a refused transition (stale) undoes only itself (its savepoint). In order: a later
-        filing of the same message sees what an earlier one did. Nothing is kept when the transaction fails."""
+        (``Filed.outcome``), unless its carrier was filed already (``NewReceipt.source``; the transition is then
+        tried as before: ``already`` or ``stale``); a refused transition (stale) undoes only itself (its
+        savepoint). In order: a later filing of the same message sees what an earlier one did. Nothing is kept
+        when the transaction fails."""
         for f in filings:
             _check_receipt_kind(f.receipt.kind)
         now = self._now()
@@ -953,10 +960,14 @@ class Store:
         return Filed("moved", state, spool_path if clear else None)
 
     def _add_receipt(self, conn: Connection, now: datetime, message_id: str, receipt: NewReceipt,
-                     actor: str) -> None:
-        conn.execute(_INSERT_RECEIPT, dict(message_id=message_id, at=now, kind=receipt.kind,
-                                           verdict=receipt.verdict, detail=receipt.detail))
-        self._audit(conn, now, "receipt.add", message_id, f"{receipt.kind}: {receipt.verdict}", actor)
+                     actor: str) -> bool:
+        """Whether it was kept (False: its carrier was filed already)."""
+        added = conn.execute(_INSERT_RECEIPT[conn.dialect.name], dict(
+            message_id=message_id, at=now, kind=receipt.kind, verdict=receipt.verdict, detail=receipt.detail,
+            source=receipt.source)).rowcount
+        if added:
+            self._audit(conn, now, "receipt.add", message_id, f"{receipt.kind}: {receipt.verdict}", actor)
+        return bool(added)
 
     async def receipts(self, message_id: str) -> list[Receipt]:
         def tx(conn: Connection) -> list[Receipt]:

@@ -4,6 +4,7 @@ would fetch (CRLF). The whole way with IMAP and the PI's daemon: tests/e2e/test_
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import hashlib
@@ -198,7 +199,7 @@ async def test_without_a_relay_or_a_message_id_the_message_is_still_received(set
     assert (row.outcome, row.transport_message_id, row.receipt) == ("accepted", None, None)
 
 
-async def outbound(store, state: State, spool: Path) -> str:
+async def outbound(store, state: State, spool: Path, mic: str = "bWlj") -> str:
     """A message of 0599's own, sealed and taken to `state` (sent and beyond: a plaintext copy in `spool`)."""
     mid = str(uuid.uuid4())
     (spool / f"{mid}.xml").write_bytes(b"<x/>")
@@ -206,7 +207,7 @@ async def outbound(store, state: State, spool: Path) -> str:
                                   recipient="pi:PI-VUGHT", dossier="D-1", replies_to=None, supersedes=None, priority=0,
                                   created_at=datetime.now(timezone.utc), file_name=f"{mid}.xml", size=4,
                                   sha256=hashlib.sha256(mid.encode()).hexdigest(), spool_path=str(spool / f"{mid}.xml")))
-    await store.save_sealed(mid, b"sealed", "bWlj", transport="email", address=PI, profile="compatible")
+    await store.save_sealed(mid, b"sealed", mic, transport="email", address=PI, profile="compatible")
     path = {State.QUEUED: [], State.SENDING: [State.SENDING], State.SENT: [State.SENDING, State.SENT],
             State.DELIVERED: [State.SENDING, State.SENT, State.DELIVERED],
             State.FAILED: [State.SENDING, State.FAILED]}[state]
@@ -277,6 +278,73 @@ does not have: one by one it raised, and the mail was offered again forever); in
     assert await rstore.receipts(early) == [] and [r.verdict for r in await rstore.receipts(sent[3])] == ["delayed"]
     assert await rstore.file_receipts([ReceiptFiling("no-such-id", NewReceipt("dsn", "delivered", "2.0.0"),
                                                      State.DELIVERED, (State.SENT,))]) == [Filed("unknown")]
+
+
+async def receipt_adds(store, mid: str) -> int:
+    return sum(r["action"] == "receipt.add" for r in await store.audit_rows(1000, object=mid))
+
+
+async def counted_receipts(store, name: str) -> float:
+    """The trigger-kept /metrics counter of receipts of one kind and verdict."""
+    def tx(conn):
+        return conn.exec_driver_sql("SELECT value FROM event_counts WHERE name = ?", (name,)).scalar() or 0
+    return await store.read_query(tx)
+
+
+async def test_a_report_read_again_after_a_crash_before_its_move_is_filed_once(setup, mail_intake, rstore,
+                                                                                tmp_path):
+    """The watcher files a batch, then moves its mails: a crash in between offers the same mails again at the
+    next start. The receipt's carrier (the mail's Message-ID; without one, the SHA-256 of its bytes) is unique
+    per message and kind, so the second reading adds no receipt row, no audit row and no count; the state
+    changed once. A signed MDN by mail read again likewise (the carrier of the receipt mail)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    mid, bare_mid = [await outbound(rstore, State.SENT, spool) for _ in range(2)]
+    bare = dsn_mail(51, bare_mid)
+    bare = FetchedMail(52, bare.data.replace(b"Message-ID: <dsn-51@relay>\r\n", b""))
+    assert b"Message-ID" not in bare.data
+    before = await counted_receipts(rstore, "receipt:dsn:delivered")
+    assert await mail_intake.handle_many([dsn_mail(50, mid), bare]) == [DONE, DONE]
+    assert await mail_intake.handle_many([dsn_mail(50, mid), bare]) == [DONE, DONE]  # the crash: read again
+    for m in (mid, bare_mid):
+        assert [(r.verdict, r.kind) for r in await rstore.receipts(m)] == [("delivered", "dsn")]
+        assert await receipt_adds(rstore, m) == 1
+        assert [t.to_state for t in await rstore.timeline(m)].count(State.DELIVERED) == 1
+        assert (await rstore.get(m)).state is State.DELIVERED
+    assert [r.source for r in await rstore.receipts(mid)] == ["<dsn-50@relay>"]
+    assert [r.source for r in await rstore.receipts(bare_mid)] == ["sha256:" + hashlib.sha256(bare.data).hexdigest()]
+    assert await counted_receipts(rstore, "receipt:dsn:delivered") == before + 2
+
+    # a signed MDN by mail, as the PI's gateway sends one, its MIC what was sealed
+    mic = base64.b64encode(hashlib.sha256(b"sealed").digest()).decode()
+    acked = await outbound(rstore, State.DELIVERED, spool, mic)
+    mdn = build_mdn(original_message_id=f"<{acked}@gemeente-0599.example.nl>", original_recipient=PI,
+                    final_recipient=PI, disposition=Disposition.PROCESSED, reason_code=None, mic=mic,
+                    signer=identity(setup, "PI-VUGHT"))
+    mail = compose_receipt(mdn=mdn, from_address=PI, to_address=GEMEENTE, message_id=None,
+                           date=datetime.now(timezone.utc), id_domain="pi-vught.example.nl")
+    assert await mail_intake.handle(FetchedMail(53, mail.data)) == DONE
+    assert await mail_intake.handle(FetchedMail(53, mail.data)) == DONE
+    assert [(r.kind, r.verdict, r.source) for r in await rstore.receipts(acked)] == [
+        ("mdn", ReceiptVerdict.MATCH.value, mail.mail_message_id)]
+    assert await receipt_adds(rstore, acked) == 1
+    assert [t.to_state for t in await rstore.timeline(acked)].count(State.ACKNOWLEDGED) == 1
+
+
+async def test_two_reports_with_the_same_words_are_two_receipts(mail_intake, rstore, tmp_path):
+    """Postfix sends a "delayed" report each time a message has waited long enough: two mails with the same
+    text, hours apart, are two events, told apart by their Message-IDs (not deduplicated by content)."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    mid = await outbound(rstore, State.SENT, spool)
+    first, second = dsn_mail(60, mid, "delayed"), dsn_mail(61, mid, "delayed")
+    assert first.data.replace(b"dsn-60", b"dsn-61") == second.data
+    assert await mail_intake.handle_many([first]) == [DONE]
+    assert await mail_intake.handle_many([second, first]) == [DONE, DONE]  # the first read again beside it
+    assert [(r.verdict, r.detail, r.source) for r in await rstore.receipts(mid)] == [
+        ("delayed", "4.4.1", "<dsn-60@relay>"), ("delayed", "4.4.1", "<dsn-61@relay>")]
+    assert await receipt_adds(rstore, mid) == 2
+    assert (await rstore.get(mid)).state is State.SENT
 
 
 async def test_looking_up_batches_of_any_length_keeps_the_reader_connections_small(tmp_path):
