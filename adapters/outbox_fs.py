@@ -11,6 +11,12 @@ write goes to a hidden temporary file that is fsynced and renamed into place,
 then the directory is fsynced. Across file systems a move is copy + fsync +
 rename + unlink, in that order, so a crash leaves at worst two copies, never
 none (the store's pick-up record decides which one counts).
+
+The functions a message passes through (`read_bounded`, `move`, `remove_plaintext`) also take plain
+strings, and the pipeline gives them strings: ``pathlib`` interns every part of every path it builds
+(``sys.intern``), and a new name per message churns CPython's table of interned strings until it
+resizes. That resize doubled the table once, at ~29,000 messages, a step of ~4.5 MB the soak showed
+(tests/reliability/test_reliability_load.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+
+#: a path as the pipeline passes it: a string (see the module) or a Path
+AnyPath = str | os.PathLike
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".swp", "~")
 
@@ -84,14 +93,14 @@ def open_for_writing(path: Path) -> bool | None:
         os.close(fd)
 
 
-def read_bounded(path: Path, limit: int) -> bytes | None:
+def read_bounded(path: AnyPath, limit: int) -> bytes | None:
     """The file's bytes, or None when it is larger than `limit` (then nothing more than limit+1 is read)."""
     with open(path, "rb") as fh:
         data = fh.read(limit + 1)
     return None if len(data) > limit else data
 
 
-def fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: AnyPath) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -140,7 +149,7 @@ def free_name(folder: Path, name: str) -> str:
     return candidate
 
 
-def move(src: Path, dst: Path) -> None:
+def move(src: AnyPath, dst: AnyPath) -> None:
     """Move `src` to `dst` durably (see the module); `dst` must not exist."""
     try:
         os.link(src, dst)  # fails rather than overwrite
@@ -149,13 +158,19 @@ def move(src: Path, dst: Path) -> None:
             raise
         _copy_across(src, dst)
     os.unlink(src)
-    fsync_dir(dst.parent)
-    if src.parent != dst.parent:
-        fsync_dir(src.parent)
+    src_folder, dst_folder = _folder_of(src), _folder_of(dst)
+    fsync_dir(dst_folder)
+    if os.path.normpath(src_folder) != os.path.normpath(dst_folder):
+        fsync_dir(src_folder)
 
 
-def _copy_across(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+def _folder_of(path: AnyPath) -> str:
+    return os.path.dirname(os.fspath(path)) or "."
+
+
+def _copy_across(src: AnyPath, dst: AnyPath) -> None:
+    folder, name = os.path.split(os.fspath(dst))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
     with open(src, "rb") as fin, open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout)
         fout.flush()
@@ -164,11 +179,11 @@ def _copy_across(src: Path, dst: Path) -> None:
     os.unlink(tmp)
 
 
-def remove_plaintext(path: Path) -> bool:
+def remove_plaintext(path: AnyPath) -> bool:
     """Remove a spooled plaintext copy durably; False when it was gone already."""
     try:
-        path.unlink()
+        os.unlink(path)
     except FileNotFoundError:
         return False
-    fsync_dir(path.parent)
+    fsync_dir(_folder_of(path))
     return True

@@ -27,7 +27,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import structlog
 
@@ -315,7 +314,7 @@ class Dispatcher:
                                         actor=self.owner, expect=[State.SENT],
                                         **({"spool_path": None} if record.spool_path else {}))
             if record.spool_path:  # delivery is proven: the plaintext copy goes, as on the e-mail route
-                await asyncio.to_thread(remove_plaintext, Path(record.spool_path))
+                await asyncio.to_thread(remove_plaintext, record.spool_path)
             log_.info("acknowledged", reason=check.reason)
         elif check.verdict.value == "not-processed":
             await self.store.transition(record.message_id, State.FAILED, reason=check.reason, actor=self.owner,

@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
@@ -53,6 +54,8 @@ class Pickup:
         self._name_key = name_key
         self.validation = validation
         self.outbox, self.spool, self.rejected = outbox, spool, rejected
+        # a message's own paths are strings, never Paths: pathlib interns each name (adapters/outbox_fs.py)
+        self._outbox_dir, self._spool_dir = os.fspath(outbox), os.fspath(spool)
         self.own_party = own_party
         self.max_bytes = max_bytes
         self.stable_after = stable_after
@@ -117,7 +120,7 @@ class Pickup:
         ripe = []
         for c in outbox_fs.candidates(self.outbox):
             age = time.time() - c.mtime_ns / 1e9
-            if age < self.stable_after and (c.size == 0 or outbox_fs.open_for_writing(self.outbox / c.name) is not False):
+            if age < self.stable_after and (c.size == 0 or outbox_fs.open_for_writing(os.path.join(self._outbox_dir, c.name)) is not False):
                 wait = self.stable_after - age
                 self._ripe_in = wait if self._ripe_in is None else min(self._ripe_in, wait)
             else:
@@ -159,8 +162,8 @@ class Pickup:
     # -- one file ---------------------------------------------------------------------------------
 
     async def take(self, name: str) -> None:
-        path = self.outbox / name
-        size = path.stat().st_size
+        path = os.path.join(self._outbox_dir, name)
+        size = os.stat(path).st_size
         # file system work (reads, renames, fsyncs) runs in threads: the event loop keeps sending
         data = await asyncio.to_thread(outbox_fs.read_bounded, path, self.max_bytes)
         if data is None:
@@ -180,10 +183,10 @@ class Pickup:
                            f"{self.own_party} only"}])
             await self._reject(name, size, sha256, verdict, "wrong-sender")
             return
-        spool_name = f"{facts.message_id}.xml"
+        spool_path = os.path.join(self._spool_dir, f"{facts.message_id}.xml")
         try:
             # the dates and subject hashes go into the same transaction: they outlive the spool copy
-            new = _new_message(facts, self.stored_name(name), size, sha256, self.spool / spool_name)
+            new = _new_message(facts, self.stored_name(name), size, sha256, spool_path)
             record = await self.store.accept(new, dates=facts.dates, subjects=facts.subjects)
         except DuplicateMessage as e:  # the store's unique indexes decide (also between concurrent takes)
             if e.kind == "same-id":
@@ -195,7 +198,7 @@ class Pickup:
                           f"{earlier.message_id}; it is not sent again")
             await self._duplicate(name, size, sha256, e.kind, facts.message_id, reason)
             return
-        await asyncio.to_thread(outbox_fs.move, path, self.spool / spool_name)
+        await asyncio.to_thread(outbox_fs.move, path, spool_path)
         # the spool copy is durable: sealing may start now, while the confirmation is committed (a
         # crash before that commit is finished by `reconcile`, which finds the move already done)
         result = self._accepted(facts.message_id)
@@ -302,14 +305,14 @@ def stored_file_name(name: str, key: bytes | None) -> str:
     return "name:" + digest.hexdigest()[:32]
 
 
-def _new_message(facts: Facts, name: str, size: int, sha256: str, spool_path: Path) -> NewMessage:
+def _new_message(facts: Facts, name: str, size: int, sha256: str, spool_path: str) -> NewMessage:
     return NewMessage(message_id=facts.message_id, type=facts.type, version=facts.version, sender=facts.sender,
                       recipient=facts.recipient, dossier=facts.dossier, replies_to=facts.replies_to,
                       supersedes=facts.supersedes, priority=PRIORITY.get(facts.type, 0), created_at=facts.created,
-                      file_name=name, size=size, sha256=sha256, spool_path=str(spool_path))
+                      file_name=name, size=size, sha256=sha256, spool_path=spool_path)
 
 
-def _sha256_file(path: Path) -> str:
+def _sha256_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

@@ -31,7 +31,6 @@ import hashlib
 import re
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import structlog
 
@@ -151,7 +150,7 @@ class ReceiptMatcher:
                          state=filed.state.value if filed.state else None, would_be=filing.to.value)
                 continue
             if filed.spool_path:  # delivery is proven: the plaintext copy goes; the sealed entity stays in the store
-                remove_plaintext(Path(filed.spool_path))
+                remove_plaintext(filed.spool_path)
             (log.error if alert else log.info)(filing.to.value, message_id=record.message_id, type=record.type,
                                                recipient=record.recipient, reason=filing.reason,
                                                **({"alert": True} if alert else {}))
@@ -237,7 +236,7 @@ class ReceiptMatcher:
             log.info("receipt-late", message_id=record.message_id, state=current.state.value, would_be=state.value)
             return
         if proven:  # delivery is proven: the plaintext copy goes; the sealed entity stays in the store
-            remove_plaintext(Path(current.spool_path))
+            remove_plaintext(current.spool_path)
         (log.error if alert else log.info)(state.value, message_id=record.message_id, type=record.type,
                                            recipient=record.recipient, reason=reason,
                                            **({"alert": True} if alert else {}))

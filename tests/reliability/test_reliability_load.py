@@ -63,9 +63,18 @@ sent all along), yet the step is there: +4.5 MB between 29,000 and 30,000 messag
 MB). So it is not the mail watcher's listing. Not a timer either: in runs of ``bench/receipts.py`` (40,000 and
 34,000 messages, smaps every 10 s) it came at 29,500 delivered (16 minutes in) and at 28,000 (10.5 minutes in,
 the machine less loaded): pymalloc's and the second arena's anonymous mappings +2.4 MB at once, [heap] +1.8
-MB. It comes at a count of messages, later (34,000) when fewer were delivered, as if it were the store's size
-(rows, pages) that triggers it. Not yet traced: run the daemon under heaptrack (malloc) and tracemalloc
-snapshots (pymalloc) across 26,000-31,000 messages.
+MB. It comes at a count of messages, later (34,000) when fewer were delivered.
+(5) that step was CPython's table of interned strings (2026-11-30; tracemalloc started in the daemon at 24,000
+messages, snapshots every minute): one allocation of 3.7 MB at ~29,100 messages, from ``sys.intern`` in
+pathlib. ``Path`` interns every part of a path, and each message's names (its outbox file, its spool copy,
+at pick-up and again when a DSN removed the copy) went in and, freed, out again. The table resizes only when
+its slots are used up, by names alive or gone, and then sizes itself for the names alive: the daemon's own,
+more than 43,690, so that resize doubled it (2^17 to 2^18 slots). A message's paths are plain strings now
+(``adapters/outbox_fs.py``): nothing a message brings is interned
+(``tests/e2e/test_e2e_email.py::test_a_message_s_own_names_are_never_interned``). Soak with (1)-(5), another
+engineer's whole test suite running beside it (load up to 22): 124,932 (one sample; the rest of the first
+half at most 122,712), 124,196, allowed 127,430: passed (also against 122,712's allowance, 125,166). The
+second half went 121.9 -> 124.2 MB.
 
 1,000 messages in the normal suite; 50,000 with `--soak` (by hand: 20-30 minutes on two cores)."""
 
