@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from adapters.outbox_fs import fsync_dir
+from adapters.outbox_fs import AnyPath, fsync_dir
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
 #: a message id fit for a file name: no separators, no leading dot, bounded
@@ -62,10 +62,11 @@ def check_id(message_id: str) -> str:
     return message_id
 
 
-def _write_new(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
+def _write_new(path: AnyPath, data: bytes, mode: int, *, replace: bool) -> None:
     """`path` gets all of `data` or nothing. With replace=False an existing `path` is never
     overwritten (FileExistsError). The temporary name is hidden and unique per write."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -78,15 +79,18 @@ def _write_new(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
             os.link(tmp, path)  # fails rather than overwrite
             os.unlink(tmp)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
-    fsync_dir(path.parent)
+    fsync_dir(folder or ".")
 
 
-def _folder(path: Path, mode: int = 0o750) -> Path:
-    if not path.is_dir():
-        path.mkdir(mode=mode, parents=True, exist_ok=True)
-        fsync_dir(path.parent)
+def _folder(path: AnyPath, mode: int = 0o750) -> AnyPath:
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=mode, exist_ok=True)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
     return path
 
 
@@ -96,13 +100,23 @@ def _json(data: Mapping[str, Any]) -> bytes:
 
 @dataclass(frozen=True)
 class InboxEntry:
-    """A message in the inbox (its ``.xml`` is in place)."""
+    """A message in the inbox (its ``.xml`` is in place). Its paths are kept as strings and made ``Path``s
+    only when asked for: pathlib interns every name (see adapters/outbox_fs.py), and the daemon files
+    every arrival without asking."""
 
     label: str
     message_id: str
-    xml_path: Path
-    meta_path: Path
+    xml_file: str
+    meta_file: str
     metadata: dict[str, Any] = field(repr=False)  #: the .json as read ({} when missing or unreadable)
+
+    @property
+    def xml_path(self) -> Path:
+        return Path(self.xml_file)
+
+    @property
+    def meta_path(self) -> Path:
+        return Path(self.meta_file)
 
 
 class InboxWriter:
@@ -111,6 +125,7 @@ class InboxWriter:
     def __init__(self, root: Path, *, mode: int = 0o640):
         self.root = Path(root)
         self.mode = mode
+        self._root = os.fspath(self.root)
 
     def paths(self, label: str, message_id: str) -> tuple[Path, Path]:
         """(.xml, .json) of a message."""
@@ -118,10 +133,16 @@ class InboxWriter:
         check_id(message_id)
         return folder / f"{message_id}.xml", folder / f"{message_id}.json"
 
+    def _files(self, label: str, message_id: str) -> tuple[str, str]:
+        """``paths`` as strings: what an arrival uses (no name interned)."""
+        folder = os.path.join(self._root, check_label(label))
+        check_id(message_id)
+        return os.path.join(folder, f"{message_id}.xml"), os.path.join(folder, f"{message_id}.json")
+
     def find(self, label: str, message_id: str) -> InboxEntry | None:
         """The message if its ``.xml`` is in the inbox (the systems have not taken it yet)."""
-        xml, meta = self.paths(label, message_id)
-        if not xml.is_file():
+        xml, meta = self._files(label, message_id)
+        if not os.path.isfile(xml):
             return None
         return InboxEntry(label, message_id, xml, meta, _read_json(meta))
 
@@ -130,21 +151,24 @@ class InboxWriter:
         fails (e.g. ENOSPC), the ``.json`` is removed and the error raised: all or nothing.
 
         Raises FileExistsError when the ``.xml`` exists already: a message is never rewritten."""
-        xml_path, meta_path = self.paths(label, message_id)
-        if xml_path.exists():
+        xml_path, meta_path = self._files(label, message_id)
+        if os.path.exists(xml_path):
             raise FileExistsError(f"{label}/{message_id}.xml is in the inbox already")
         _folder(self.root)
-        _folder(xml_path.parent)
+        _folder(os.path.dirname(xml_path))
         _write_new(meta_path, _json(metadata), self.mode, replace=True)
         try:
             _write_new(xml_path, bytes(xml), self.mode, replace=False)
         except FileExistsError:
             raise
         except BaseException:  # e.g. a full disk: the .json fitted, the .xml did not; take the .json away too
-            if not xml_path.exists():  # (an .xml in place, whatever failed after, keeps its .json)
-                meta_path.unlink(missing_ok=True)
+            if not os.path.exists(xml_path):  # (an .xml in place, whatever failed after, keeps its .json)
                 try:
-                    fsync_dir(meta_path.parent)
+                    os.unlink(meta_path)
+                except FileNotFoundError:
+                    pass
+                try:
+                    fsync_dir(os.path.dirname(meta_path))
                 except OSError:
                     pass
             raise
@@ -158,7 +182,7 @@ class InboxWriter:
                 message_id = path.name[:-4]
                 if _ID.match(message_id) and path.is_file():
                     meta = path.with_name(f"{message_id}.json")
-                    found.append(InboxEntry(label, message_id, path, meta, _read_json(meta)))
+                    found.append(InboxEntry(label, message_id, os.fspath(path), os.fspath(meta), _read_json(meta)))
         return found
 
     def orphans(self) -> list[tuple[str, str, Path]]:
@@ -205,9 +229,10 @@ def remove_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: AnyPath) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_bytes())
+        with open(path, "rb") as fh:
+            data = json.loads(fh.read())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -327,7 +327,7 @@ class Intake:
                 message_id=facts.message_id, transport=arrival.transport,
                 transport_message_id=arrival.transport_message_id or None, sender=partner.party,
                 signer_fingerprint=fingerprint, type=facts.type, dossier=facts.dossier, mic=opened.mic,
-                sha256=sha256, outcome="accepted", inbox_path=str(entry.xml_path),
+                sha256=sha256, outcome="accepted", inbox_path=entry.xml_file,
                 receipt=None if mdn is None else mdn.entity, dates=facts.dates, subjects=facts.subjects)
         except DuplicateInbound as dup:  # another process recorded it meanwhile
             return self._again(dup.existing, arrival, "berichtId")
@@ -414,7 +414,7 @@ class Intake:
                     transport_message_id=meta["transport_message_id"] or None, sender=meta["sender"],
                     signer_fingerprint=meta.get("signer_sha256"), type=entry.label, dossier=meta.get("dossier"),
                     mic=meta["mic"], sha256=meta["entity_sha256"], outcome="accepted",
-                    inbox_path=str(entry.xml_path), receipt=None if mdn is None else mdn.entity, actor="reconcile",
+                    inbox_path=entry.xml_file, receipt=None if mdn is None else mdn.entity, actor="reconcile",
                     dates=known.dates if known else None, subjects=known.subjects if known else ())
             except DuplicateInbound:
                 continue

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -155,6 +156,25 @@ async def test_a_sealed_message_is_opened_checked_put_in_the_inbox_and_receipted
         "accepted", "pi:PI-VUGHT", "meldingsbericht", sealed.mic, mail_id)
     assert row.receipt == outcome.mdn.entity and row.inbox_path == str(inbox / "meldingsbericht" / f"{mid}.xml")
     assert [r["action"] for r in await rstore.audit_rows(object=mid)] == ["inbound.accept"]
+
+
+async def test_an_arrival_s_own_names_are_never_interned(setup, municipality, intake, monkeypatch):
+    """As on the sending side (tests/e2e/test_e2e_email.py): pathlib interns every name of a path, and a name
+    per arrival would churn CPython's table of interned strings until it doubled. Filing arrivals (and
+    their replays, which look the file up) interns no string holding a message's id."""
+    arrivals = []
+    for _ in range(3):
+        xml, mid = with_new_id(example("01-meldingsbericht.xml"))
+        arrivals.append((mid, by_mail(*sealed_mail(setup, xml)[1:])))
+    interned: list[str] = []
+    real_intern = sys.intern
+    monkeypatch.setattr(sys, "intern", lambda s: interned.append(s) or real_intern(s))
+    Path("/probe") / "pathlib-interns-this.xml"  # the control: this Python's pathlib interns through sys.intern
+    assert "pathlib-interns-this.xml" in interned, "pathlib no longer interns: this test can no longer fail"
+    for mid, arrival in arrivals + arrivals:
+        outcome = await intake.receive(arrival)
+        assert outcome.accepted and outcome.message_id == mid
+    assert [s for s in interned if any(mid in s for mid, _ in arrivals)] == []
 
 
 async def test_a_replay_gets_the_same_receipt_and_no_second_file(setup, municipality, intake, rstore, pi_trust):
